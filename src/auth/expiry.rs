@@ -1,0 +1,193 @@
+//! Recognising Creatio's "your session is gone" answers.
+//!
+//! Creatio says it in three ways (reference §4), and all three mean "log in again":
+//! 1. a redirect (301/302/303/307/308) whose `Location` is a `/Login/` page
+//!    (`/Login/NuiLogin.aspx?ReturnUrl=...` on .NET Framework, `/Login/Login.html` on .NET Core);
+//! 2. a 401 (`.svc` services answer `{"Message":"Authentication failed."}`; a missing BPMCSRF
+//!    is assumed to answer 401 as well);
+//! 3. a 200 `text/html` answer whose first 4 KB is the login page itself (what a client sees
+//!    when something followed the redirect): markers `NuiLogin.aspx`, `IndexForm`,
+//!    `bootstrap.login`, `AuthService.svc/Login`.
+//!
+//! A login redirect and a 401 are given before Creatio runs the request, which is what makes
+//! replaying a POST after a re-login safe. No other status is ever treated as expiry.
+
+use http::{header, HeaderMap, StatusCode};
+
+/// How much of an HTML answer is searched for login-page markers.
+pub const LOGIN_PAGE_SCAN: usize = 4096;
+
+/// The verdict on an answer's status and headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A normal answer: pass it on.
+    Pass,
+    /// The session expired.
+    Expired,
+    /// An HTML 200: its first bytes decide ([`is_login_page`]).
+    Inspect,
+}
+
+/// Classifies an answer by status and headers alone.
+pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    match status.as_u16() {
+        401 => Verdict::Expired,
+        301 | 302 | 303 | 307 | 308 => {
+            let to_login = headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_login_location);
+            if to_login {
+                Verdict::Expired
+            } else {
+                Verdict::Pass
+            }
+        }
+        200 => {
+            let html = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.len() >= 9 && ct[..9].eq_ignore_ascii_case("text/html"));
+            if html {
+                Verdict::Inspect
+            } else {
+                Verdict::Pass
+            }
+        }
+        _ => Verdict::Pass,
+    }
+}
+
+/// True when a `Location` points at a `/Login/` page (absolute or relative URL, any case).
+pub fn is_login_location(location: &str) -> bool {
+    let path = location.split(['?', '#']).next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    lower.contains("/login/")
+}
+
+/// True when the start of an HTML body is Creatio's login page.
+pub fn is_login_page(head: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 4] = [
+        b"nuilogin.aspx",
+        b"indexform",
+        b"bootstrap.login",
+        b"authservice.svc/login",
+    ];
+    let head = &head[..head.len().min(LOGIN_PAGE_SCAN)];
+    let lower = head.to_ascii_lowercase();
+    MARKERS
+        .iter()
+        .any(|m| lower.windows(m.len()).any(|w| w == *m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn classifies_every_flavour_of_expiry() {
+        struct Case {
+            name: &'static str,
+            status: u16,
+            headers: HeaderMap,
+            want: Verdict,
+        }
+        let cases = [
+            Case {
+                name: "netfw 302",
+                status: 302,
+                headers: headers(&[("location", "/Login/NuiLogin.aspx?ReturnUrl=%2f0%2fodata")]),
+                want: Verdict::Expired,
+            },
+            Case {
+                name: "netcore 302",
+                status: 302,
+                headers: headers(&[(
+                    "location",
+                    "https://h/app/Login/Login.html?ReturnUrl=%2fapp%2f",
+                )]),
+                want: Verdict::Expired,
+            },
+            Case {
+                name: "307 lower case",
+                status: 307,
+                headers: headers(&[("location", "/login/nuilogin.aspx")]),
+                want: Verdict::Expired,
+            },
+            Case {
+                name: "301 login",
+                status: 301,
+                headers: headers(&[("location", "/0/Login/NuiLogin.aspx")]),
+                want: Verdict::Expired,
+            },
+            Case {
+                name: "302 elsewhere",
+                status: 302,
+                headers: headers(&[("location", "/0/Nui/ViewModule.aspx")]),
+                want: Verdict::Pass,
+            },
+            Case {
+                name: "302 login only in query",
+                status: 302,
+                headers: headers(&[("location", "/x?next=/Login/")]),
+                want: Verdict::Pass,
+            },
+            Case {
+                name: "401",
+                status: 401,
+                headers: HeaderMap::new(),
+                want: Verdict::Expired,
+            },
+            Case {
+                name: "403 portal",
+                status: 403,
+                headers: headers(&[("content-type", "text/html")]),
+                want: Verdict::Pass,
+            },
+            Case {
+                name: "200 html",
+                status: 200,
+                headers: headers(&[("content-type", "text/html; charset=utf-8")]),
+                want: Verdict::Inspect,
+            },
+            Case {
+                name: "200 json",
+                status: 200,
+                headers: headers(&[("content-type", "application/json")]),
+                want: Verdict::Pass,
+            },
+            Case {
+                name: "500",
+                status: 500,
+                headers: HeaderMap::new(),
+                want: Verdict::Pass,
+            },
+        ];
+        for c in cases {
+            let got = classify(StatusCode::from_u16(c.status).expect("status"), &c.headers);
+            assert_eq!(got, c.want, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn finds_login_pages_and_nothing_else() {
+        assert!(is_login_page(br#"<form name="IndexForm" method="post" action="./NuiLogin.aspx?ReturnUrl=%2fconnect%2ftoken" id="IndexForm">"#));
+        assert!(is_login_page(br#"<script src="/core/hash/Terrasoft/amd/bootstrap-loader.js" data-loadbootstrap="bootstrap.login">"#));
+        assert!(!is_login_page(b"<html><body><h1>Report</h1></body></html>"));
+        let mut late = vec![b' '; LOGIN_PAGE_SCAN];
+        late.extend_from_slice(b"NuiLogin.aspx");
+        assert!(
+            !is_login_page(&late),
+            "markers past the first 4 KB do not count"
+        );
+    }
+}

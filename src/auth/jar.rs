@@ -1,0 +1,170 @@
+//! The cookie jar of one Creatio session.
+//!
+//! Cookies are keyed by (name, path), as RFC 6265 stores them. Every `Set-Cookie` Creatio sends
+//! is applied: a new value replaces the old one (sliding renewal of `.ASPXAUTH`), an expired one
+//! (`Max-Age=0` or an `Expires` in the past, as ASP.NET clears cookies) removes it. The jar
+//! renders one `Cookie` line with every cookie, longest path first (RFC 6265 §5.4 ordering):
+//! Creatio sets its session cookies on `/` or on the application path, which every proxied
+//! request is under, so path matching per request is not needed and the line is computed once
+//! per change instead of once per request.
+
+use cookie::time::OffsetDateTime;
+use cookie::Cookie;
+use http::HeaderValue;
+
+/// The name of Creatio's CSRF cookie and header.
+pub const BPMCSRF: &str = "BPMCSRF";
+
+/// A set of cookies for one session.
+#[derive(Default, Clone)]
+pub struct Jar {
+    cookies: Vec<Cookie<'static>>,
+}
+
+impl std::fmt::Debug for Jar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values are credentials.
+        f.debug_list()
+            .entries(self.cookies.iter().map(|c| c.name()))
+            .finish()
+    }
+}
+
+impl Jar {
+    /// Applies one `Set-Cookie` header value. Returns true when the jar changed.
+    /// Unparsable values are ignored (a browser would ignore them too).
+    pub fn apply(&mut self, set_cookie: &HeaderValue) -> bool {
+        let Ok(text) = set_cookie.to_str() else {
+            return false;
+        };
+        let Ok(cookie) = Cookie::parse(text.to_string()) else {
+            return false;
+        };
+        let path = cookie.path().unwrap_or("/").to_string();
+        let position = self
+            .cookies
+            .iter()
+            .position(|c| c.name() == cookie.name() && c.path().unwrap_or("/") == path);
+        let expired = cookie
+            .max_age()
+            .is_some_and(|a| a.is_zero() || a.is_negative())
+            || cookie
+                .expires_datetime()
+                .is_some_and(|at| at <= OffsetDateTime::now_utc());
+        match (position, expired) {
+            (Some(i), true) => {
+                self.cookies.remove(i);
+                true
+            }
+            (None, true) => false,
+            (Some(i), false) => {
+                if self.cookies[i].value() == cookie.value() {
+                    return false;
+                }
+                self.cookies[i] = cookie;
+                true
+            }
+            (None, false) => {
+                self.cookies.push(cookie);
+                true
+            }
+        }
+    }
+
+    /// The value of the first cookie called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.cookies
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.value())
+    }
+
+    /// Number of cookies.
+    pub fn len(&self) -> usize {
+        self.cookies.len()
+    }
+
+    /// True when there are no cookies.
+    pub fn is_empty(&self) -> bool {
+        self.cookies.is_empty()
+    }
+
+    /// The `Cookie` request header for this jar, or `None` when empty.
+    pub fn cookie_header(&self) -> Option<HeaderValue> {
+        if self.cookies.is_empty() {
+            return None;
+        }
+        let mut ordered: Vec<&Cookie<'static>> = self.cookies.iter().collect();
+        ordered.sort_by_key(|c| std::cmp::Reverse(c.path().unwrap_or("/").len()));
+        let mut line = String::new();
+        for c in ordered {
+            if !line.is_empty() {
+                line.push_str("; ");
+            }
+            line.push_str(c.name());
+            line.push('=');
+            line.push_str(c.value());
+        }
+        HeaderValue::from_str(&line).ok()
+    }
+
+    /// The `BPMCSRF` request header: the BPMCSRF cookie's value.
+    pub fn csrf_header(&self) -> Option<HeaderValue> {
+        self.get(BPMCSRF)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).expect("header value")
+    }
+
+    #[test]
+    fn merges_replaces_and_removes_by_name_and_path() {
+        let mut jar = Jar::default();
+        assert!(jar.apply(&hv(".ASPXAUTH=one; path=/; HttpOnly")));
+        assert!(jar.apply(&hv("BPMCSRF=csrf1; path=/")));
+        assert!(jar.apply(&hv("BPMLOADER=ld; path=/app; HttpOnly")));
+        assert_eq!(
+            jar.cookie_header().expect("line"),
+            "BPMLOADER=ld; .ASPXAUTH=one; BPMCSRF=csrf1"
+        );
+        assert_eq!(jar.csrf_header().expect("csrf"), "csrf1");
+        // sliding renewal replaces the ticket
+        assert!(jar.apply(&hv(".ASPXAUTH=two; path=/; HttpOnly")));
+        assert!(
+            !jar.apply(&hv(".ASPXAUTH=two; path=/; HttpOnly")),
+            "same value: no change"
+        );
+        assert_eq!(jar.get(".ASPXAUTH"), Some("two"));
+        // same name on another path is another cookie
+        assert!(jar.apply(&hv("BPMCSRF=other; path=/x")));
+        assert_eq!(jar.len(), 4);
+        // ASP.NET clears a cookie with a date in the past
+        assert!(jar.apply(&hv(
+            ".ASPXAUTH=; expires=Mon, 11-Oct-1999 00:00:00 GMT; path=/"
+        )));
+        assert!(jar.apply(&hv("BPMCSRF=x; Max-Age=0; path=/x")));
+        assert_eq!(jar.get(".ASPXAUTH"), None);
+        assert_eq!(jar.len(), 2);
+        assert!(
+            !jar.apply(&hv("garbage")),
+            "unparsable Set-Cookie is ignored"
+        );
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let mut jar = Jar::default();
+        jar.apply(&hv(".ASPXAUTH=topsecretticket; path=/"));
+        let text = format!("{jar:?}");
+        assert!(
+            text.contains(".ASPXAUTH") && !text.contains("topsecretticket"),
+            "{text}"
+        );
+    }
+}

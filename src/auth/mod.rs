@@ -1,0 +1,300 @@
+//! Creatio sessions, one per identity: login, sharing, renewal, back-off.
+//!
+//! The life of a session:
+//! 1. The first request for an identity finds no session and logs in
+//!    (`POST {url}/ServiceModel/AuthService.svc/Login`). Logins are single flight: one async
+//!    gate per identity; whoever waits on it finds the session the first one made.
+//! 2. Each session has a generation number. Requests read the current [`Session`] without a
+//!    lock (an `ArcSwap` snapshot holding the precomputed `Cookie` and `BPMCSRF` header values).
+//! 3. `Set-Cookie` on any Creatio answer is merged into the identity's jar, and the snapshot is
+//!    replaced — but only when the answer belongs to the current generation, so a late answer
+//!    from an expired session can never overwrite a fresh one.
+//! 4. A request that meets an expired session asks for a renewal *of the generation it used*:
+//!    if another request already renewed it, it takes that session instead of logging in again.
+//! 5. A failed login starts a back-off (2 s doubling to 60 s by default); until it ends every
+//!    request for that identity fails fast with the same error, so a wrong password never
+//!    turns into a storm of logins that locks the Creatio account.
+
+pub mod expiry;
+pub mod jar;
+mod login;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+use crate::config::{Config, CreatioUrl, IdentityConfig, LoginConfig};
+use crate::error::ProxyError;
+use crate::upstream::HttpClient;
+
+pub use jar::Jar;
+pub use login::{describe_client_error, LoginFailure};
+
+/// One logged-in session, as requests see it.
+#[derive(Debug)]
+pub struct Session {
+    /// Increases with every successful login of the identity.
+    pub generation: u64,
+    /// The `Cookie` line for Creatio.
+    pub cookie: Option<HeaderValue>,
+    /// The `BPMCSRF` header for Creatio.
+    pub csrf: Option<HeaderValue>,
+    /// When the login happened.
+    pub obtained: Instant,
+}
+
+/// Settings every login shares.
+#[derive(Clone)]
+pub struct LoginContext {
+    /// The pooled client.
+    pub client: HttpClient,
+    /// Where Creatio is.
+    pub creatio: CreatioUrl,
+    /// How long one login may take.
+    pub timeout: Duration,
+    /// First back-off.
+    pub backoff: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+}
+
+impl LoginContext {
+    /// Builds the context from a config and a client.
+    pub fn new(config: &Config, client: HttpClient) -> Self {
+        LoginContext {
+            client,
+            creatio: config.creatio.clone(),
+            timeout: config.upstream_timeout.min(Duration::from_secs(60)),
+            backoff: config.login_backoff,
+            backoff_max: config.login_backoff_max,
+        }
+    }
+}
+
+/// The jar and the generation it belongs to; locked only briefly, never across an await.
+struct JarState {
+    generation: u64,
+    jar: Jar,
+}
+
+/// State behind the login gate.
+#[derive(Default)]
+struct Gate {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<LoginFailure>,
+}
+
+/// An identity and its session.
+pub struct Identity {
+    name: Arc<str>,
+    login: LoginConfig,
+    current: ArcSwapOption<Session>,
+    jar: Mutex<JarState>,
+    gate: tokio::sync::Mutex<Gate>,
+    generation: AtomicU64,
+    logins: AtomicU64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("logins", &self.logins.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Exponential back-off after `failures` consecutive failed logins.
+pub fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+impl Identity {
+    /// A new identity without a session.
+    pub fn new(config: &IdentityConfig) -> Self {
+        Identity {
+            name: Arc::from(config.name.as_str()),
+            login: config.login.clone(),
+            current: ArcSwapOption::empty(),
+            jar: Mutex::new(JarState {
+                generation: 0,
+                jar: Jar::default(),
+            }),
+            gate: tokio::sync::Mutex::new(Gate::default()),
+            generation: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+        }
+    }
+
+    /// The identity's name (`default` for `[auth]`).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The user name it logs in as.
+    pub fn username(&self) -> &str {
+        match &self.login {
+            LoginConfig::Forms { username, .. } => username,
+        }
+    }
+
+    /// Successful logins so far.
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// The current session, if any; never waits.
+    pub fn current(&self) -> Option<Arc<Session>> {
+        self.current.load_full()
+    }
+
+    /// The current session, logging in first when there is none.
+    pub async fn session(&self, ctx: &LoginContext) -> Result<Arc<Session>, ProxyError> {
+        match self.current.load_full() {
+            Some(s) => Ok(s),
+            None => self.renew(ctx, None).await,
+        }
+    }
+
+    /// A session newer than `stale` (the generation a request found expired), logging in
+    /// only when nobody has done so since. `None` means "any session".
+    pub async fn renew(
+        &self,
+        ctx: &LoginContext,
+        stale: Option<u64>,
+    ) -> Result<Arc<Session>, ProxyError> {
+        let mut gate = self.gate.lock().await;
+        if let Some(s) = self.current.load_full() {
+            if stale.is_none_or(|g| s.generation > g) {
+                return Ok(s);
+            }
+        }
+        // The session in hand is the stale one (or there is none): it must not be used again,
+        // and late answers to it must not re-publish it (generation 0 matches no answer).
+        self.current.store(None);
+        if let Ok(mut state) = self.jar.lock() {
+            state.generation = 0;
+        }
+        let now = Instant::now();
+        if let (Some(at), Some(err)) = (gate.retry_at, &gate.last_error) {
+            if now < at {
+                return Err(self.login_error(err, Some(at - now)));
+            }
+        }
+        match login::login(ctx, &self.login).await {
+            Ok(jar) => {
+                gate.failures = 0;
+                gate.retry_at = None;
+                gate.last_error = None;
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                let session = Arc::new(Session {
+                    generation,
+                    cookie: jar.cookie_header(),
+                    csrf: jar.csrf_header(),
+                    obtained: Instant::now(),
+                });
+                if let Ok(mut state) = self.jar.lock() {
+                    state.generation = generation;
+                    state.jar = jar;
+                }
+                self.current.store(Some(session.clone()));
+                self.logins.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(identity = %self.name, user = %self.username(), generation, "logged in to Creatio");
+                Ok(session)
+            }
+            Err(failure) => {
+                gate.failures = gate.failures.saturating_add(1);
+                let wait = backoff_after(gate.failures, ctx.backoff, ctx.backoff_max);
+                gate.retry_at = Some(Instant::now() + wait);
+                tracing::warn!(
+                    identity = %self.name,
+                    user = %self.username(),
+                    failures = gate.failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "Creatio login failed: {}",
+                    failure.message()
+                );
+                let err = self.login_error(&failure, Some(wait));
+                gate.last_error = Some(failure);
+                Err(err)
+            }
+        }
+    }
+
+    fn login_error(&self, failure: &LoginFailure, retry_after: Option<Duration>) -> ProxyError {
+        match failure {
+            LoginFailure::Unreachable { target, cause } => ProxyError::Unreachable {
+                target: target.clone(),
+                cause: cause.clone(),
+            },
+            LoginFailure::Refused { message } => ProxyError::LoginFailed {
+                identity: self.name.to_string(),
+                message: message.clone(),
+                retry_after,
+            },
+        }
+    }
+
+    /// Merges the `Set-Cookie` lines of an answer to a request sent with session
+    /// `generation`. Ignored when the session has been replaced since.
+    pub fn absorb(&self, generation: u64, headers: &HeaderMap) {
+        let Ok(mut state) = self.jar.lock() else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let mut changed = false;
+        for value in headers.get_all(http::header::SET_COOKIE) {
+            changed |= state.jar.apply(value);
+        }
+        if !changed {
+            return;
+        }
+        let obtained = self
+            .current
+            .load()
+            .as_ref()
+            .map_or_else(Instant::now, |s| s.obtained);
+        self.current.store(Some(Arc::new(Session {
+            generation,
+            cookie: state.jar.cookie_header(),
+            csrf: state.jar.csrf_header(),
+            obtained,
+        })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=7)
+            .map(|n| backoff_after(n, base, max).as_secs())
+            .collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_after(100, base, max), max);
+        // Attempts at t = 0, 2, 6, 14 s: a client retrying for 10 s causes at most 3 logins.
+        let mut t = 0;
+        let mut attempts_within_10s = 0;
+        for n in 1..=10 {
+            if t <= 10 {
+                attempts_within_10s += 1;
+            }
+            t += backoff_after(n, base, max).as_secs();
+        }
+        assert_eq!(attempts_within_10s, 3);
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: `run` (default), `check`, `demo`, `emulator`.
+//!
+//! Exit codes: 0 success; 1 `check` found a problem or the proxy failed at run time;
+//! 64 the command line or the config file is wrong (EX_USAGE).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Exit code for a bad command line or config.
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "creatio-proxy",
+    version,
+    about = "Logs in to Creatio once and forwards plain HTTP from local clients with the session attached"
+)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy in the foreground (the default).
+    Run,
+    /// Validate the config, log each identity in once, print OK or a diagnosis per identity.
+    Check,
+    /// Start the built-in Creatio emulator and the proxy in front of it, and show it working.
+    Demo {
+        /// Where the demo proxy listens (a free port is taken if this one is busy).
+        #[arg(long, default_value = "127.0.0.1:5080")]
+        listen: SocketAddr,
+        /// Run the example requests and exit instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run only the built-in Creatio emulator (users Supervisor/Supervisor and
+    /// portal.user/portal-pass), e.g. as a stand-in Creatio for a local trial.
+    Emulator {
+        /// Where the emulator listens.
+        #[arg(long, default_value = "127.0.0.1:5081")]
+        listen: SocketAddr,
+    },
+}
+
+/// Parses the command line, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => EXIT_USAGE,
+            };
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("creatio-proxy: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(config) = load(cli.config.as_deref()) else {
+                return EXIT_USAGE;
+            };
+            crate::telemetry::init(&config.log);
+            runtime.block_on(run(config))
+        }
+        Command::Check => {
+            let Some(config) = load(cli.config.as_deref()) else {
+                return EXIT_USAGE;
+            };
+            runtime.block_on(crate::check::check(&config))
+        }
+        Command::Demo { listen, once } => runtime.block_on(crate::demo::demo(listen, once)),
+        Command::Emulator { listen } => runtime.block_on(crate::demo::emulator_only(listen)),
+    }
+}
+
+/// One worker per available core; a single-core allotment (a pinned sidecar, a 1-CPU pod)
+/// gets the current-thread scheduler, which does the same work without cross-thread wake-ups.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Option<Config> {
+    let Some(path) = path else {
+        eprintln!("creatio-proxy: give the config file with --config FILE (config/creatio-proxy.toml is a commented example)");
+        return None;
+    };
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("creatio-proxy: invalid config {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+async fn run(config: Config) -> i32 {
+    let server = match crate::server::Server::bind(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("creatio-proxy: {e}");
+            return 1;
+        }
+    };
+    let addr = server
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(
+        listen = %addr,
+        admin = ?server.admin_addr(),
+        creatio = %config.creatio.display,
+        identities = config.identities.len(),
+        routes = config.routes.len(),
+        "creatio-proxy ready"
+    );
+    server.serve(crate::server::shutdown_signal()).await;
+    tracing::info!("stopped");
+    0
+}

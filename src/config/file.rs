@@ -1,0 +1,126 @@
+//! `ConfigFile`: the serde mirror of the TOML file.
+//!
+//! Every struct rejects unknown keys, so a typo is an error that names the key instead of a
+//! setting silently ignored. Values stay as the user wrote them (strings for addresses, sizes
+//! and durations); `super::Config::try_from` turns them into typed, validated values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`: the client-facing listener and request handling.
+    pub server: ServerFile,
+    /// `[admin]`: health endpoints.
+    pub admin: AdminFile,
+    /// `[creatio]`: where Creatio is.
+    pub creatio: CreatioFile,
+    /// `[auth]`: the default identity, used by every path no route sends elsewhere.
+    pub auth: Option<IdentityFile>,
+    /// `[[routes]]`: per-prefix rules (identity, /ssp).
+    pub routes: Vec<RouteFile>,
+    /// `[identities.NAME]`: further identities, each with its own Creatio session.
+    pub identities: BTreeMap<String, IdentityFile>,
+    /// `[log]`: log format and level.
+    pub log: LogFile,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerFile {
+    /// Where clients connect; default `127.0.0.1:5080`.
+    pub listen: Option<String>,
+    /// Bodies up to this size are buffered so they can be replayed after a re-login; default `1MiB`.
+    pub replay_buffer: Option<String>,
+    /// How long in-flight requests may take to finish after SIGTERM; default `30s`.
+    pub shutdown_grace: Option<String>,
+    /// `"forward"` (default) or `"deny"`: what to do with paths no route matches.
+    pub unmatched: Option<String>,
+    /// Inbound tokens: `Authorization: Bearer <t>` or `X-Api-Key: <t>`.
+    pub client_tokens: Vec<Secret>,
+    /// Inbound client addresses or CIDR blocks allowed to connect.
+    pub allowed_clients: Vec<String>,
+    /// Must be true to listen off loopback without `client_tokens` or `allowed_clients`.
+    pub allow_unauthenticated_remote: Option<bool>,
+    /// First wait after a failed login; doubles per failure; default `2s`.
+    pub login_backoff: Option<String>,
+    /// Longest wait between login attempts; default `60s`.
+    pub login_backoff_max: Option<String>,
+    /// Longest wait for Creatio's response headers; default `300s`.
+    pub upstream_timeout: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminFile {
+    /// Where `/healthz` and `/readyz` are served; off unless set.
+    pub listen: Option<String>,
+}
+
+/// `[creatio]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreatioFile {
+    /// The application root, e.g. `https://mycompany.creatio.com` or `https://host/CreatioWebApp`.
+    pub url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for Creatio's TLS certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Turns TLS verification off. Not supported yet: refused with an explanation.
+    pub insecure_skip_verify: Option<bool>,
+    /// Egress HTTP proxy. Not supported yet: refused with an explanation.
+    pub proxy: Option<String>,
+    /// Longest wait for a TCP (and TLS) connection to Creatio; default `10s`.
+    pub connect_timeout: Option<String>,
+}
+
+/// `[auth]` and `[identities.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityFile {
+    /// `"forms"` (default) or `"oauth2"`.
+    pub mode: Option<String>,
+    /// Creatio user name (forms).
+    pub username: Option<String>,
+    /// Creatio password (forms).
+    pub password: Option<Secret>,
+    /// A file holding the password (a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// Identity Service token URL (oauth2).
+    pub token_url: Option<String>,
+    /// OAuth 2.0 client id (oauth2).
+    pub client_id: Option<String>,
+    /// OAuth 2.0 client secret (oauth2).
+    pub client_secret: Option<Secret>,
+    /// A file holding the client secret (oauth2).
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteFile {
+    /// Path prefix, matched segment by segment, ASCII case-insensitively (as IIS does).
+    pub prefix: Option<String>,
+    /// Apply the /ssp rule (portal users).
+    pub ssp: bool,
+    /// Name of an `[identities.NAME]` table; default: `[auth]`.
+    pub identity: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogFile {
+    /// `"text"` (default) or `"json"`.
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `creatio_proxy=debug`; `RUST_LOG` wins when set.
+    pub level: Option<String>,
+}

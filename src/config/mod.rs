@@ -1,0 +1,903 @@
+//! Configuration: one TOML file, overridden by `CREATIO_PROXY_` environment variables.
+//!
+//! Loading happens once, at start-up, in two steps:
+//! 1. figment assembles, in ascending priority, the TOML file and the environment
+//!    (`CREATIO_PROXY_` prefix, `__` between levels: `CREATIO_PROXY_AUTH__PASSWORD`) into a
+//!    [`ConfigFile`] that rejects unknown keys;
+//! 2. [`Config::from_file`] validates it into typed values. Every error names the key and says
+//!    how to fix it. Secrets are read from the file, a `*_file`, or the environment, and are held
+//!    as [`Secret`] from then on.
+
+mod file;
+mod secret;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+pub use file::{ConfigFile, IdentityFile, RouteFile};
+pub use secret::Secret;
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "CREATIO_PROXY_";
+
+/// Name given to the `[auth]` identity in logs and errors.
+pub const DEFAULT_IDENTITY: &str = "default";
+
+/// A configuration problem: the key it concerns and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `routes[1].identity`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Largest request body kept in memory so it can be replayed.
+    pub replay_buffer: usize,
+    /// Grace period for in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
+    /// What happens to paths that no route matches.
+    pub unmatched: Unmatched,
+    /// Inbound tokens; empty = no token needed.
+    pub client_tokens: Vec<Secret>,
+    /// Inbound address blocks; empty = any address that can reach the listener.
+    pub allowed_clients: Vec<IpBlock>,
+    /// First back-off after a failed login.
+    pub login_backoff: Duration,
+    /// Longest back-off between login attempts.
+    pub login_backoff_max: Duration,
+    /// Longest wait for Creatio's response headers.
+    pub upstream_timeout: Duration,
+    /// Longest wait to connect to Creatio.
+    pub connect_timeout: Duration,
+    /// Where Creatio is.
+    pub creatio: CreatioUrl,
+    /// Extra CA certificates for Creatio's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Identities: index 0 is `[auth]` when present; routes refer to identities by index.
+    pub identities: Vec<IdentityConfig>,
+    /// Index into `identities` of the `[auth]` identity, if configured.
+    pub default_identity: Option<usize>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// What to do with a path that no `[[routes]]` prefix matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Forward it with the `[auth]` identity.
+    Forward,
+    /// Answer 404 JSON.
+    Deny,
+}
+
+/// Creatio's application root, split for cheap URI building.
+#[derive(Debug, Clone)]
+pub struct CreatioUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// host[:port].
+    pub authority: Authority,
+    /// Virtual directory without a trailing slash (`""` or `/CreatioWebApp`).
+    pub base_path: String,
+    /// The URL as configured (no credentials can be in it: they are refused).
+    pub display: String,
+}
+
+impl CreatioUrl {
+    /// The absolute URL of `path_and_query` (which starts with `/`) under the application root.
+    pub fn join(&self, path_and_query: &str) -> String {
+        let mut s = String::with_capacity(
+            self.display.len() + self.base_path.len() + path_and_query.len() + 8,
+        );
+        s.push_str(self.scheme.as_str());
+        s.push_str("://");
+        s.push_str(self.authority.as_str());
+        s.push_str(&self.base_path);
+        s.push_str(path_and_query);
+        s
+    }
+
+    /// Host and port, for messages (`mycompany.creatio.com:443`).
+    pub fn host_port(&self) -> String {
+        let default = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        format!(
+            "{}:{}",
+            self.authority.host(),
+            self.authority.port_u16().unwrap_or(default)
+        )
+    }
+}
+
+/// One Creatio identity (a user whose session the proxy holds).
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// `default` for `[auth]`, else the table name.
+    pub name: String,
+    /// How it logs in.
+    pub login: LoginConfig,
+}
+
+/// How an identity authenticates.
+#[derive(Debug, Clone)]
+pub enum LoginConfig {
+    /// AuthService.svc/Login with a user name and password; cookie session.
+    Forms {
+        /// Creatio user name.
+        username: String,
+        /// Its password.
+        password: Secret,
+    },
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Prefix as configured, without a trailing slash (except the root `/`).
+    pub prefix: String,
+    /// Apply the /ssp rule.
+    pub ssp: bool,
+    /// Index into `Config::identities`.
+    pub identity: usize,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// tracing filter directive.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An address block from `allowed_clients` (`10.0.0.0/8`, `192.0.2.7`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl IpBlock {
+    /// Parses `ADDR` or `ADDR/LEN`.
+    pub fn parse(s: &str) -> Option<IpBlock> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (
+                a.trim().parse::<IpAddr>().ok()?,
+                Some(l.trim().parse::<u8>().ok()?),
+            ),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = len.unwrap_or(max);
+        (prefix_len <= max).then_some(IpBlock { addr, prefix_len })
+    }
+
+    /// True when `ip` lies in this block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies `CREATIO_PROXY_*` overrides, and validates.
+    ///
+    /// Priority, lowest first: built-in defaults, the TOML file, the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                "--config",
+                format!(
+                    "cannot read {}: no such file (see config/creatio-proxy.toml for an example)",
+                    path.display()
+                ),
+            ));
+        }
+        let figment = Figment::new().merge(Toml::file(path)).merge(env_provider());
+        Self::from_figment(figment, &RealEnv)
+    }
+
+    /// Validates a config given as TOML text (plus the real environment). Used by `demo`.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::string(toml))
+            .merge(env_provider());
+        Self::from_figment(figment, &RealEnv)
+    }
+
+    fn from_figment(figment: Figment, env: &dyn SecretEnv) -> Result<Config, ConfigError> {
+        let mut file: ConfigFile = figment.extract().map_err(|e| {
+            let key = if e.path.is_empty() {
+                "config".to_string()
+            } else {
+                e.path.join(".")
+            };
+            let kind = e.kind.to_string();
+            ConfigError::new(key, kind)
+        })?;
+        apply_secret_env(&mut file, env);
+        Config::from_file(file)
+    }
+
+    /// Validates a parsed file.
+    pub fn from_file(file: ConfigFile) -> Result<Config, ConfigError> {
+        let s = &file.server;
+        let listen = parse_listen(
+            "server.listen",
+            s.listen.as_deref().unwrap_or("127.0.0.1:5080"),
+        )?;
+        let admin_listen = match file.admin.listen.as_deref() {
+            None | Some("") => None,
+            Some(v) => Some(parse_listen("admin.listen", v)?),
+        };
+        let replay_buffer = parse_size(
+            "server.replay_buffer",
+            s.replay_buffer.as_deref().unwrap_or("1MiB"),
+        )?;
+        let shutdown_grace = parse_duration(
+            "server.shutdown_grace",
+            s.shutdown_grace.as_deref().unwrap_or("30s"),
+        )?;
+        let login_backoff = parse_duration(
+            "server.login_backoff",
+            s.login_backoff.as_deref().unwrap_or("2s"),
+        )?;
+        let login_backoff_max = parse_duration(
+            "server.login_backoff_max",
+            s.login_backoff_max.as_deref().unwrap_or("60s"),
+        )?;
+        if login_backoff.is_zero() || login_backoff_max < login_backoff {
+            return Err(ConfigError::new(
+                "server.login_backoff",
+                "must be above zero and not above server.login_backoff_max (a failed login must never be retried at once: it could lock the Creatio account)",
+            ));
+        }
+        let upstream_timeout = parse_duration(
+            "server.upstream_timeout",
+            s.upstream_timeout.as_deref().unwrap_or("300s"),
+        )?;
+        let connect_timeout = parse_duration(
+            "creatio.connect_timeout",
+            file.creatio.connect_timeout.as_deref().unwrap_or("10s"),
+        )?;
+        let unmatched = match s.unmatched.as_deref().unwrap_or("forward") {
+            "forward" => Unmatched::Forward,
+            "deny" => Unmatched::Deny,
+            other => {
+                return Err(ConfigError::new(
+                    "server.unmatched",
+                    format!("\"{other}\" is not one of \"forward\", \"deny\""),
+                ))
+            }
+        };
+        let client_tokens = s.client_tokens.clone();
+        if client_tokens.iter().any(Secret::is_empty) {
+            return Err(ConfigError::new(
+                "server.client_tokens",
+                "an empty token would let anyone in; remove it",
+            ));
+        }
+        let mut allowed_clients = Vec::with_capacity(s.allowed_clients.len());
+        for (i, c) in s.allowed_clients.iter().enumerate() {
+            allowed_clients.push(IpBlock::parse(c).ok_or_else(|| {
+                ConfigError::new(
+                    format!("server.allowed_clients[{i}]"),
+                    format!("\"{c}\" is not an address or CIDR block like 10.0.0.0/8"),
+                )
+            })?);
+        }
+        let remote_ok = s.allow_unauthenticated_remote.unwrap_or(false);
+        if !listen.ip().is_loopback()
+            && client_tokens.is_empty()
+            && allowed_clients.is_empty()
+            && !remote_ok
+        {
+            return Err(ConfigError::new(
+                "server.listen",
+                format!(
+                    "{listen} is reachable from other hosts, and anyone who reaches it acts as the Creatio user; \
+                     set server.client_tokens or server.allowed_clients, or server.allow_unauthenticated_remote = true \
+                     if the network is trusted (a Kubernetes pod: listen on 127.0.0.1 instead)"
+                ),
+            ));
+        }
+
+        let creatio = parse_creatio_url(file.creatio.url.as_deref())?;
+        if file.creatio.insecure_skip_verify == Some(true) {
+            return Err(ConfigError::new(
+                "creatio.insecure_skip_verify",
+                "is not supported by this version; give the on-premises CA with creatio.ca_file instead",
+            ));
+        }
+        if file.creatio.proxy.as_deref().is_some_and(|p| !p.is_empty()) {
+            return Err(ConfigError::new(
+                "creatio.proxy",
+                "egress HTTP proxies are not supported by this version yet; remove the key",
+            ));
+        }
+        if let Some(ca) = &file.creatio.ca_file {
+            if !ca.is_file() {
+                return Err(ConfigError::new(
+                    "creatio.ca_file",
+                    format!("cannot read {}: no such file", ca.display()),
+                ));
+            }
+        }
+
+        let mut identities = Vec::new();
+        let mut default_identity = None;
+        if let Some(auth) = &file.auth {
+            identities.push(parse_identity("auth", DEFAULT_IDENTITY, auth)?);
+            default_identity = Some(0);
+        }
+        for (name, id) in &file.identities {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    format!("identities.{name}"),
+                    "identity names may hold only letters, digits, '_' and '-'",
+                ));
+            }
+            if name == DEFAULT_IDENTITY {
+                return Err(ConfigError::new(
+                    format!("identities.{name}"),
+                    "\"default\" is the name of [auth]; choose another name",
+                ));
+            }
+            identities.push(parse_identity(&format!("identities.{name}"), name, id)?);
+        }
+        if default_identity.is_none() && unmatched == Unmatched::Forward {
+            return Err(ConfigError::new(
+                "auth",
+                "missing: add an [auth] table (username and password of the Creatio integration user), \
+                 or set server.unmatched = \"deny\" so only [[routes]] are served",
+            ));
+        }
+
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(file.routes.len());
+        for (i, r) in file.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let prefix = r.prefix.as_deref().ok_or_else(|| {
+                ConfigError::new(
+                    format!("{key}.prefix"),
+                    "missing: give the path prefix, e.g. \"/0/rest/UsrService\"",
+                )
+            })?;
+            if !prefix.starts_with('/') || prefix.contains(['?', '#']) {
+                return Err(ConfigError::new(
+                    format!("{key}.prefix"),
+                    format!(
+                        "\"{prefix}\" must be a path starting with '/', without query or fragment"
+                    ),
+                ));
+            }
+            if crate::routes::has_dot_segment(prefix) {
+                return Err(ConfigError::new(
+                    format!("{key}.prefix"),
+                    format!("\"{prefix}\" contains a '.' or '..' segment"),
+                ));
+            }
+            let prefix = if prefix.len() > 1 {
+                prefix.trim_end_matches('/')
+            } else {
+                prefix
+            };
+            let prefix = if prefix.is_empty() { "/" } else { prefix };
+            if routes.iter().any(|o| o.prefix.eq_ignore_ascii_case(prefix)) {
+                return Err(ConfigError::new(
+                    format!("{key}.prefix"),
+                    format!("\"{prefix}\" is already the prefix of another route"),
+                ));
+            }
+            let identity = match r.identity.as_deref() {
+                None => default_identity.ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{key}.identity"),
+                        "missing: there is no [auth] table, so name one of [identities.NAME]",
+                    )
+                })?,
+                Some(DEFAULT_IDENTITY) if default_identity.is_some() => 0,
+                Some(name) => identities.iter().position(|id| id.name == name).ok_or_else(|| {
+                    let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
+                    ConfigError::new(
+                        format!("{key}.identity"),
+                        format!(
+                            "no identity named \"{name}\"; add an [identities.{name}] table or use one of: {}",
+                            known.join(", ")
+                        ),
+                    )
+                })?,
+            };
+            routes.push(RouteConfig {
+                prefix: prefix.to_string(),
+                ssp: r.ssp,
+                identity,
+            });
+        }
+
+        let log = LogConfig {
+            format: match file.log.format.as_deref().unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::new(
+                        "log.format",
+                        format!("\"{other}\" is not one of \"text\", \"json\""),
+                    ))
+                }
+            },
+            level: file.log.level.clone().unwrap_or_else(|| "info".to_string()),
+        };
+
+        Ok(Config {
+            listen,
+            admin_listen,
+            replay_buffer,
+            shutdown_grace,
+            unmatched,
+            client_tokens,
+            allowed_clients,
+            login_backoff,
+            login_backoff_max,
+            upstream_timeout,
+            connect_timeout,
+            creatio,
+            ca_file: file.creatio.ca_file.clone(),
+            identities,
+            default_identity,
+            routes,
+            log,
+        })
+    }
+}
+
+/// Environment variables figment reads; secret keys are left out here and re-read raw by
+/// [`apply_secret_env`], because figment would parse `0123` as the number 123.
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(|key| !is_secret_key(key.as_str()))
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key.ends_with(".password") || key.ends_with(".client_secret")
+}
+
+/// Where raw secret overrides come from (the process environment, or a map in tests).
+trait SecretEnv {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+struct RealEnv;
+
+impl SecretEnv for RealEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+fn apply_secret_env(file: &mut ConfigFile, env: &dyn SecretEnv) {
+    let apply = |id: &mut IdentityFile, section: &str| {
+        let base = format!("{ENV_PREFIX}{section}__");
+        if let Some(v) = env.get(&format!("{base}PASSWORD")) {
+            id.password = Some(Secret::new(v));
+            id.password_file = None;
+        }
+        if let Some(v) = env.get(&format!("{base}CLIENT_SECRET")) {
+            id.client_secret = Some(Secret::new(v));
+            id.client_secret_file = None;
+        }
+    };
+    if file.auth.is_none()
+        && (env.get(&format!("{ENV_PREFIX}AUTH__PASSWORD")).is_some()
+            || env
+                .get(&format!("{ENV_PREFIX}AUTH__CLIENT_SECRET"))
+                .is_some())
+    {
+        file.auth = Some(IdentityFile::default());
+    }
+    if let Some(auth) = file.auth.as_mut() {
+        apply(auth, "AUTH");
+    }
+    for (name, id) in file.identities.iter_mut() {
+        apply(id, &format!("IDENTITIES__{}", name.to_ascii_uppercase()));
+    }
+}
+
+fn parse_identity(key: &str, name: &str, f: &IdentityFile) -> Result<IdentityConfig, ConfigError> {
+    let mode = f.mode.as_deref().unwrap_or("forms");
+    match mode {
+        "forms" => {}
+        "oauth2" => {
+            return Err(ConfigError::new(
+                format!("{key}.mode"),
+                "\"oauth2\" identities are not supported by this version yet; use mode = \"forms\" with a Creatio user",
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                format!("{key}.mode"),
+                format!("\"{other}\" is not one of \"forms\", \"oauth2\""),
+            ))
+        }
+    }
+    let username = match f.username.as_deref() {
+        Some(u) if !u.is_empty() => u.to_string(),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{key}.username"),
+                "missing: give the Creatio user name this identity logs in as",
+            ))
+        }
+    };
+    let env_name = if key == "auth" {
+        format!("{ENV_PREFIX}AUTH__PASSWORD")
+    } else {
+        format!(
+            "{ENV_PREFIX}IDENTITIES__{}__PASSWORD",
+            name.to_ascii_uppercase()
+        )
+    };
+    let password =
+        match (&f.password, &f.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{key}.password"),
+                    "give either password or password_file, not both",
+                ))
+            }
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => read_secret_file(&format!("{key}.password_file"), path)?,
+            (None, None) => return Err(ConfigError::new(
+                format!("{key}.password"),
+                format!(
+                    "missing: set password, password_file, or the environment variable {env_name}"
+                ),
+            )),
+        };
+    if password.is_empty() {
+        return Err(ConfigError::new(format!("{key}.password"), "is empty"));
+    }
+    Ok(IdentityConfig {
+        name: name.to_string(),
+        login: LoginConfig::Forms { username, password },
+    })
+}
+
+fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    Ok(Secret::new(value))
+}
+
+fn parse_listen(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    let normalised = v
+        .strip_prefix("localhost:")
+        .map(|p| format!("127.0.0.1:{p}"));
+    normalised
+        .as_deref()
+        .unwrap_or(v)
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                format!("\"{v}\" is not an address with a port, like \"127.0.0.1:5080\""),
+            )
+        })
+}
+
+fn parse_size(key: &str, v: &str) -> Result<usize, ConfigError> {
+    let size: bytesize::ByteSize = v.parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("\"{v}\" is not a size like \"1MiB\" or \"512KiB\""),
+        )
+    })?;
+    usize::try_from(size.as_u64())
+        .map_err(|_| ConfigError::new(key, format!("\"{v}\" is too large for this machine")))
+}
+
+fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("\"{v}\" is not a duration like \"30s\" or \"2m\""),
+        )
+    })
+}
+
+fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
+    const KEY: &str = "creatio.url";
+    let v = v.filter(|v| !v.is_empty()).ok_or_else(|| {
+        ConfigError::new(
+            KEY,
+            "missing: give the Creatio application root, e.g. \"https://mycompany.creatio.com\"",
+        )
+    })?;
+    let bad = |why: &str| ConfigError::new(KEY, format!("\"{v}\" {why}"));
+    let uri: Uri = v
+        .parse()
+        .map_err(|_| bad("is not a URL like \"https://mycompany.creatio.com\""))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("needs http:// or https://"))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad("must start with http:// or https://"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials; put them in [auth]"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("has no host"));
+    }
+    if uri.query().is_some() || v.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    let lower = base_path.to_ascii_lowercase();
+    if lower == "/0" || lower.ends_with("/0") {
+        return Err(bad(
+            "ends with /0: give the application root without /0 (the proxy logs in at {root}/ServiceModel/AuthService.svc/Login, and clients send /0/... paths themselves)",
+        ));
+    }
+    if lower.contains("/login/") || lower.ends_with("/login") || lower.contains("/servicemodel") {
+        return Err(bad(
+            "points at a login page or service: give the application root, e.g. \"https://mycompany.creatio.com\"",
+        ));
+    }
+    if crate::routes::has_dot_segment(&base_path) {
+        return Err(bad("contains a '.' or '..' segment"));
+    }
+    Ok(CreatioUrl {
+        scheme,
+        authority,
+        display: format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("https"),
+            uri.authority().map(|a| a.as_str()).unwrap_or(""),
+            base_path
+        ),
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<String, String>);
+    impl SecretEnv for MapEnv {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::new().merge(Toml::string(toml)),
+            &MapEnv(HashMap::new()),
+        )
+    }
+
+    const MINIMAL: &str = r#"
+        [creatio]
+        url = "https://example.creatio.com"
+        [auth]
+        username = "Supervisor"
+        password = "pw"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = load(MINIMAL).expect("minimal config loads");
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:5080".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(c.replay_buffer, 1024 * 1024);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.login_backoff, Duration::from_secs(2));
+        assert_eq!(c.login_backoff_max, Duration::from_secs(60));
+        assert_eq!(c.unmatched, Unmatched::Forward);
+        assert_eq!(
+            c.creatio.join("/0/odata"),
+            "https://example.creatio.com/0/odata"
+        );
+        assert!(c.admin_listen.is_none());
+    }
+
+    #[test]
+    fn virtual_directory_is_kept_in_the_base_path() {
+        let c = load(&MINIMAL.replace(
+            "https://example.creatio.com",
+            "http://host:81/CreatioWebApp/",
+        ))
+        .expect("loads");
+        assert_eq!(
+            c.creatio.join("/0/odata/Contact?$top=1"),
+            "http://host:81/CreatioWebApp/0/odata/Contact?$top=1"
+        );
+        assert_eq!(c.creatio.host_port(), "host:81");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        struct Case {
+            name: &'static str,
+            toml: String,
+            key: &'static str,
+            says: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "bad url",
+                toml: MINIMAL.replace("https://example.creatio.com", "example.creatio.com"),
+                key: "creatio.url",
+                says: "http",
+            },
+            Case {
+                name: "url with /0",
+                toml: MINIMAL.replace(
+                    "https://example.creatio.com",
+                    "https://example.creatio.com/0",
+                ),
+                key: "creatio.url",
+                says: "without /0",
+            },
+            Case {
+                name: "bad listen",
+                toml: format!("[server]\nlisten = \"nowhere\"\n{MINIMAL}"),
+                key: "server.listen",
+                says: "127.0.0.1:5080",
+            },
+            Case {
+                name: "missing password",
+                toml: MINIMAL.replace("password = \"pw\"", ""),
+                key: "auth.password",
+                says: "CREATIO_PROXY_AUTH__PASSWORD",
+            },
+            Case {
+                name: "unknown key",
+                toml: format!("{MINIMAL}\nsurprise = 1\n"),
+                key: "auth.surprise",
+                says: "surprise",
+            },
+            Case {
+                name: "route to missing identity",
+                toml: format!(
+                    "{MINIMAL}\n[[routes]]\nprefix = \"/0/rest/X\"\nidentity = \"portal\"\n"
+                ),
+                key: "routes[0].identity",
+                says: "[identities.portal]",
+            },
+            Case {
+                name: "remote listen without protection",
+                toml: format!("[server]\nlisten = \"0.0.0.0:5080\"\n{MINIMAL}"),
+                key: "server.listen",
+                says: "client_tokens",
+            },
+            Case {
+                name: "bad size",
+                toml: format!("[server]\nreplay_buffer = \"lots\"\n{MINIMAL}"),
+                key: "server.replay_buffer",
+                says: "1MiB",
+            },
+            Case {
+                name: "no auth",
+                toml: "[creatio]\nurl = \"https://x.example\"\n".to_string(),
+                key: "auth",
+                says: "[auth]",
+            },
+        ];
+        for case in cases {
+            let err = load(&case.toml).expect_err(case.name);
+            assert_eq!(err.key, case.key, "{}: {err}", case.name);
+            assert!(err.to_string().contains(case.says), "{}: {err}", case.name);
+        }
+    }
+
+    #[test]
+    fn password_comes_from_a_file_without_its_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let toml = MINIMAL.replace(
+            "password = \"pw\"",
+            &format!("password_file = {:?}", path.display().to_string()),
+        );
+        let c = load(&toml).expect("loads");
+        let LoginConfig::Forms { password, .. } = &c.identities[0].login;
+        assert_eq!(password.expose(), "s3cret");
+    }
+
+    #[test]
+    fn environment_secret_keeps_leading_zeros() {
+        let env = MapEnv(HashMap::from([(
+            "CREATIO_PROXY_AUTH__PASSWORD".to_string(),
+            "0123".to_string(),
+        )]));
+        let c =
+            Config::from_figment(Figment::new().merge(Toml::string(MINIMAL)), &env).expect("loads");
+        let LoginConfig::Forms { password, .. } = &c.identities[0].login;
+        assert_eq!(password.expose(), "0123");
+        assert!(
+            !format!("{c:?}").contains("0123"),
+            "Debug output must not show the password"
+        );
+    }
+
+    #[test]
+    fn ip_blocks_match_addresses() {
+        let b = IpBlock::parse("10.0.0.0/8").expect("block");
+        assert!(b.contains("10.1.2.3".parse().expect("ip")));
+        assert!(b.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(!b.contains("11.0.0.1".parse().expect("ip")));
+        assert!(IpBlock::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("8.8.8.8".parse().expect("ip")));
+        assert!(IpBlock::parse("10.0.0.0/33").is_none());
+    }
+}

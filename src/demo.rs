@@ -1,0 +1,194 @@
+//! `creatio-proxy demo`: the emulator and the proxy on loopback, shown working.
+//!
+//! Starts the built-in emulator on a free port, the proxy on `--listen` (or a free port when that
+//! one is taken) with a default identity and a portal route, runs three example requests through
+//! it, prints what came back and the curl lines to repeat them, then serves until Ctrl-C
+//! (`--once`: exit after the examples).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::emulator::{Emulator, EmulatorOptions};
+use crate::server::{shutdown_signal, Server};
+
+/// Runs the demo; returns the exit code.
+pub async fn demo(listen: SocketAddr, once: bool) -> i32 {
+    crate::telemetry::init(&LogConfig {
+        format: LogFormat::Text,
+        level: "warn".into(),
+    });
+    let emulator = match Emulator::start(
+        EmulatorOptions::default(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("demo: cannot start the emulator: {e}");
+            return 1;
+        }
+    };
+    let toml = |listen: SocketAddr| {
+        format!(
+            r#"
+[server]
+listen = "{listen}"
+
+[creatio]
+url = "{url}"
+
+[auth]
+username = "Supervisor"
+password = "Supervisor"
+
+[[routes]]
+prefix = "/0/rest/UsrPortalService"
+ssp = true
+identity = "portal"
+
+[identities.portal]
+username = "portal.user"
+password = "portal-pass"
+"#,
+            url = emulator.url()
+        )
+    };
+    let mut server = None;
+    for addr in [listen, SocketAddr::from(([127, 0, 0, 1], 0))] {
+        let config = match Config::from_toml_str(&toml(addr)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("demo: {e}");
+                return 1;
+            }
+        };
+        match Server::bind(&config).await {
+            Ok(s) => {
+                server = Some(s);
+                break;
+            }
+            Err(e) => eprintln!("demo: {e}; trying a free port instead"),
+        }
+    }
+    let Some(server) = server else {
+        return 1;
+    };
+    let Ok(addr) = server.local_addr() else {
+        return 1;
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stop_rx.await;
+    }));
+
+    println!("creatio-proxy demo");
+    println!("  Creatio emulator (not Creatio): {}", emulator.url());
+    println!(
+        "  proxy:                          http://{addr}   (no credentials needed by clients)\n"
+    );
+    let base = format!("http://{addr}");
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let examples: [(&str, Method, String, Option<&str>); 3] = [
+        (
+            "list contacts (OData 4)",
+            Method::GET,
+            "/0/odata/Contact".into(),
+            None,
+        ),
+        (
+            "create a contact",
+            Method::POST,
+            "/0/odata/Contact".into(),
+            Some(r#"{"Name":"Ada Lovelace","Email":"ada@example.com"}"#),
+        ),
+        (
+            "call a portal service (route with ssp = true, identity portal.user)",
+            Method::GET,
+            "/0/rest/UsrPortalService/GetCases".into(),
+            None,
+        ),
+    ];
+    let mut ok = true;
+    for (what, method, path, body) in &examples {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("{base}{path}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = match req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        match client.request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                let short: String = text.chars().take(160).collect();
+                println!(
+                    "{what}\n  {method} {path} -> {status}\n  {short}{}\n",
+                    if text.len() > 160 { " ..." } else { "" }
+                );
+                ok &= status.is_success();
+            }
+            Err(e) => {
+                println!("{what}\n  {method} {path} -> failed: {e}\n");
+                ok = false;
+            }
+        }
+    }
+    println!(
+        "Creatio logins so far: Supervisor {}, portal.user {} (one per identity, shared by every request)\n",
+        emulator.logins("Supervisor"),
+        emulator.logins("portal.user")
+    );
+    println!("Try it yourself (paste into another terminal):");
+    println!("  curl -s {base}/0/odata/Contact");
+    println!("  curl -s -X POST {base}/0/odata/Contact -H 'Content-Type: application/json' -d '{{\"Name\":\"Grace Hopper\"}}'");
+    println!("  curl -s {base}/0/rest/UsrPortalService/GetCases");
+    if once {
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+        emulator.shutdown();
+        return if ok { 0 } else { 1 };
+    }
+    println!("\nServing until Ctrl-C.");
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    emulator.shutdown();
+    0
+}
+
+/// `creatio-proxy emulator`: only the emulator, until Ctrl-C.
+pub async fn emulator_only(listen: SocketAddr) -> i32 {
+    crate::telemetry::init(&LogConfig {
+        format: LogFormat::Text,
+        level: "info".into(),
+    });
+    match Emulator::start(EmulatorOptions::default(), listen).await {
+        Ok(e) => {
+            println!("Creatio emulator (not Creatio) on {} (users Supervisor/Supervisor, portal.user/portal-pass); Ctrl-C stops it", e.url());
+            shutdown_signal().await;
+            e.shutdown();
+            0
+        }
+        Err(e) => {
+            eprintln!("emulator: cannot listen on {listen}: {e}");
+            1
+        }
+    }
+}

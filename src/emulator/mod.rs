@@ -1,0 +1,318 @@
+//! Built-in Creatio emulator: an in-process fake Creatio HTTP server.
+//!
+//! The `demo` command and the integration tests both run this, so what users see in the
+//! demo and what the tests check come from the same code. It is **not Creatio**. It copies
+//! only what an authenticating proxy can see on the wire, following the project's Creatio HTTP
+//! reference (`creatio-http.md`; section numbers below refer to it).
+//!
+//! Rules, with paths relative to [`EmulatorOptions::base_path`]:
+//! 1. `POST /ServiceModel/AuthService.svc/Login` with `{"UserName","UserPassword"}` logs in.
+//!    It always answers HTTP 200, with `Code` 0 plus four cookies or `Code` 1 plus a reason
+//!    (§1). Login needs no `BPMCSRF` header.
+//! 2. The app lives under `/0` in both flavours. Every `/0/...` request needs a `.ASPXAUTH`
+//!    ticket in a `Cookie` header *and* a `BPMCSRF` header equal to the session's token (§3).
+//!    A `Set-Cookie` *request* header counts for nothing.
+//! 3. A missing, unknown or expired ticket gets 401 JSON on `.svc` paths. Other paths get
+//!    [`ExpiredResponse`]: a 302 to the login page, the login page itself, or a bare 401 (§4).
+//!    A valid ticket with a wrong or missing `BPMCSRF` header gets 401 JSON.
+//! 4. Forms tickets slide (§2). Once more than half of a ticket's lifetime has passed, the
+//!    response renews `.ASPXAUTH`, and the old ticket stays valid until it expires.
+//! 5. Portal users may only use `/0/ssp/...`, and employees may not use it (§7). Breaking
+//!    this gets an IIS-style 403 page.
+//! 6. Served: OData collections and records, streamed `Data` uploads, a streamed download,
+//!    echoing `/rest` and `.svc` services, and the anonymous `/api/HealthCheck/Ping`.
+//!
+//! Caveats: the emulator keeps everything in memory and has no bearer tokens or `$filter`.
+//! It logs nothing above `debug`. It runs until [`Emulator::shutdown`] is called or the tokio
+//! runtime ends. Dropping the handle does not stop it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod handlers;
+mod pages;
+mod server;
+mod state;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use state::Shared;
+
+/// FNV-1a 64-bit offset basis: the starting `state` for [`fnv1a64`].
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Continues an FNV-1a 64 hash from `state` over `bytes`.
+///
+/// Start with [`FNV_OFFSET`]. Feeding the chunks of a stream one by one gives the same result
+/// as hashing the whole stream at once, so uploads are checked without buffering them.
+pub fn fnv1a64(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// Byte `i` of the stream `GET /0/rest/FileService/Download?size=N` sends.
+///
+/// The period, 251, is prime, so a misplaced or repeated 64 KiB chunk changes the bytes.
+pub fn download_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// Which Creatio runtime to imitate where the two differ on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// Creatio on .NET Framework/IIS. Logging in at `/0/ServiceModel/AuthService.svc/Login`
+    /// gets 401, and unauthenticated pages redirect to `/Login/NuiLogin.aspx`.
+    NetFramework,
+    /// Creatio on .NET 6/8. `/0/...` login is an alias of the root login, and
+    /// unauthenticated pages redirect to `/Login/Login.html`.
+    NetCore,
+}
+
+/// What a non-`.svc` path under `/0` answers when it has no valid session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiredResponse {
+    /// 302 to the login page with `ReturnUrl`, and an ASP.NET "Object moved" body.
+    Redirect,
+    /// 200 with the login page HTML, as a client sees after following the redirect.
+    LoginPage,
+    /// 401 with an empty body.
+    Unauthorized,
+}
+
+/// A Creatio account known to the emulator.
+#[derive(Clone, Debug)]
+pub struct User {
+    /// Login name. Names match case-insensitively, as in Creatio.
+    pub name: String,
+    /// Password. It must match exactly.
+    pub password: String,
+    /// A self-service portal user: `UserType` "SSP", who may only use `/0/ssp/...`.
+    pub portal: bool,
+    /// The right password still fails, with a `PasswordChangeUrl`.
+    pub password_expired: bool,
+}
+
+impl User {
+    /// An employee (`UserType` "General").
+    pub fn employee(name: &str, password: &str) -> User {
+        User {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            portal: false,
+            password_expired: false,
+        }
+    }
+
+    /// A self-service portal user (`UserType` "SSP").
+    pub fn portal(name: &str, password: &str) -> User {
+        User {
+            portal: true,
+            ..User::employee(name, password)
+        }
+    }
+}
+
+/// How to start an [`Emulator`].
+#[derive(Clone, Debug)]
+pub struct EmulatorOptions {
+    /// Runtime to imitate. Default: [`Flavour::NetFramework`].
+    pub flavour: Flavour,
+    /// Virtual directory such as `/CreatioWebApp`, or `""` (default) for the site root.
+    /// Every path lives under it. A trailing `/` is ignored.
+    pub base_path: String,
+    /// Accounts. Default: `Supervisor`/`Supervisor` (employee) and
+    /// `portal.user`/`portal-pass` (portal).
+    pub users: Vec<User>,
+    /// Lifetime of a forms ticket, which slides. Default: 20 minutes.
+    pub session_timeout: Duration,
+    /// Answer for a non-`.svc` path without a valid session. Default: [`ExpiredResponse::Redirect`].
+    pub expired_response: ExpiredResponse,
+    /// Lock an account after this many failed logins in a row. `None` never locks.
+    /// Default: `Some(5)`.
+    pub lockout_after: Option<u32>,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions {
+            flavour: Flavour::NetFramework,
+            base_path: String::new(),
+            users: vec![
+                User::employee("Supervisor", "Supervisor"),
+                User::portal("portal.user", "portal-pass"),
+            ],
+            session_timeout: Duration::from_secs(20 * 60),
+            expired_response: ExpiredResponse::Redirect,
+            lockout_after: Some(5),
+        }
+    }
+}
+
+/// One request the emulator received, as returned by [`Emulator::seen`].
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    /// Request method.
+    pub method: http::Method,
+    /// Path as received, base path included, without the query.
+    pub path: String,
+    /// Raw query string, if any.
+    pub query: Option<String>,
+    /// All request headers as received.
+    pub headers: http::HeaderMap,
+    /// The user whose session authenticated the request. `None` for anonymous requests,
+    /// refused requests and login POSTs, which carry no session.
+    pub user: Option<String>,
+    /// Status code of the answer.
+    pub status: u16,
+}
+
+/// Summary of a `PUT /0/odata/<Entity>(<id>)/Data` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// Number of body bytes received.
+    pub len: u64,
+    /// [`fnv1a64`] of the body, starting from [`FNV_OFFSET`].
+    pub fnv1a64: u64,
+}
+
+/// A running emulator. Cloning is cheap, and every clone controls the same server.
+#[derive(Clone)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Binds `listen`, starts the accept loop on the current tokio runtime and returns at once.
+    ///
+    /// Tests pass `127.0.0.1:0` and read the port from [`Emulator::addr`]. A `base_path` that
+    /// cannot appear in a URL path fails with [`std::io::ErrorKind::InvalidInput`].
+    pub async fn start(options: EmulatorOptions, listen: SocketAddr) -> std::io::Result<Emulator> {
+        let base_path = normalise_base_path(&options.base_path)?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(options, base_path, addr));
+        tokio::spawn(server::accept_loop(listener, shared.clone()));
+        Ok(Emulator { shared })
+    }
+
+    /// The address the emulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// `http://HOST:PORT` plus the base path, with no trailing slash.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.shared.origin, self.shared.base_path)
+    }
+
+    /// Stops accepting, closes idle connections, and closes busy ones after their current
+    /// request.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// Invalidates every ticket and session now, as an IIS app-pool recycle does.
+    pub fn invalidate_sessions(&self) {
+        self.shared.invalidate_sessions();
+    }
+
+    /// Invalidates every session when the `n`-th further authenticated request arrives. That
+    /// request is itself refused as expired. `n == 0` invalidates at once.
+    ///
+    /// A request counts as authenticated when its ticket and `BPMCSRF` header are both valid.
+    pub fn invalidate_sessions_after(&self, n: u64) {
+        self.shared.invalidate_sessions_after(n);
+    }
+
+    /// Moves the emulator's clock forward. The clock is real time plus every offset added here,
+    /// and it drives ticket expiry and renewal.
+    pub fn advance_clock(&self, d: Duration) {
+        self.shared.advance_clock(d);
+    }
+
+    /// Changes what a non-`.svc` path answers without a valid session.
+    pub fn set_expired_response(&self, e: ExpiredResponse) {
+        self.shared.set_expired_response(e);
+    }
+
+    /// Changes a user's password. Existing sessions stay valid. Unknown users are ignored.
+    pub fn set_password(&self, user: &str, password: &str) {
+        self.shared.set_password(user, password);
+    }
+
+    /// Unlocks a user and resets their count of failed logins.
+    pub fn unlock(&self, user: &str) {
+        self.shared.unlock(user);
+    }
+
+    /// Number of successful logins by `user`.
+    pub fn logins(&self, user: &str) -> u64 {
+        self.shared.logins(user)
+    }
+
+    /// Number of login POSTs naming `user`, whatever their outcome.
+    pub fn login_attempts(&self, user: &str) -> u64 {
+        self.shared.login_attempts(user)
+    }
+
+    /// Number of requests received for exactly `path`: no query, base path included.
+    pub fn requests(&self, path: &str) -> u64 {
+        self.shared.requests(path)
+    }
+
+    /// Number of records created by `POST /0/odata/<entity>`.
+    pub fn records_created(&self, entity: &str) -> u64 {
+        self.shared.records_created(entity)
+    }
+
+    /// The current records of `entity`, oldest first.
+    pub fn records(&self, entity: &str) -> Vec<serde_json::Value> {
+        self.shared.records(entity)
+    }
+
+    /// The last 10 000 requests, oldest first. A request is added when its response head is
+    /// ready.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.shared.seen()
+    }
+
+    /// The last completed `Data` upload for `(entity, id)`.
+    pub fn upload(&self, entity: &str, id: &str) -> Option<Upload> {
+        self.shared.upload(entity, id)
+    }
+}
+
+/// Turns `"CreatioWebApp/"` into `"/CreatioWebApp"` and `"/"` into `""`, and rejects characters
+/// that would need escaping in a URL path or a header.
+fn normalise_base_path(raw: &str) -> std::io::Result<String> {
+    let trimmed = raw.trim_matches('/');
+    let valid = trimmed.bytes().all(|b| {
+        b.is_ascii_graphic()
+            && !matches!(b, b'?' | b'#' | b'%' | b'"' | b'\'' | b'\\' | b'<' | b'>')
+    });
+    if !valid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("emulator base_path {raw:?} must be plain printable ASCII"),
+        ));
+    }
+    if trimmed.is_empty() {
+        Ok(String::new())
+    } else {
+        Ok(format!("/{trimmed}"))
+    }
+}

@@ -1,0 +1,666 @@
+//! The request path: [`Gateway`] (front) → [`Auth`] (tower layer) → the pooled client.
+//!
+//! [`Gateway`] gives every request an id, checks inbound access, refuses dot-segment paths,
+//! picks the route, turns [`ProxyError`]s into JSON answers and writes the access log line.
+//!
+//! [`Auth`] does the Creatio part for the identity the route chose:
+//! 1. rewrites the path (`/ssp` rule) under `creatio.url`, drops hop-by-hop headers and the
+//!    client's own credentials;
+//! 2. buffers a body up to `server.replay_buffer` so it can be replayed (a larger one streams
+//!    through untouched);
+//! 3. attaches the identity's `Cookie` line and `BPMCSRF` header (precomputed per session);
+//! 4. merges every `Set-Cookie` of the answer into the identity's jar and never passes it on;
+//! 5. on an expired-session answer ([`crate::auth::expiry`]): renews the session (one login for
+//!    all requests that saw the same expiry) and replays the request once. A body too large to
+//!    replay gets a 503 that says it is safe to retry; a second expiry in a row is a 502.
+//!
+//! Legacy clients that log in themselves (the WSO2 connector does it for every message) are
+//! answered by the proxy: a `POST .../ServiceModel/AuthService.svc/Login` returns Creatio's
+//! success body with placeholder cookies, using (or making) the shared session, so it costs
+//! Creatio nothing; `.../AuthService.svc/Logout` is acknowledged without ending the shared
+//! session.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::auth::expiry::{classify, is_login_page, Verdict, LOGIN_PAGE_SCAN};
+use crate::auth::{Identity, LoginContext, Session};
+use crate::body::{read_ahead, ProxyBody, ReadAhead};
+use crate::config::{Config, CreatioUrl, Secret};
+use crate::error::ProxyError;
+use crate::routes::{apply_ssp, has_dot_segment, RouteDecision, RouteTable};
+use crate::upstream::{remove_hop_by_hop, strip_client_credentials, HttpClient, BPMCSRF_HEADER};
+
+/// The request id header, read from clients and set on every answer.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// State shared by every request; built once from the config.
+pub struct Shared {
+    /// Identities, indexed as in the config.
+    pub identities: Vec<Arc<Identity>>,
+    routes: RouteTable,
+    creatio: CreatioUrl,
+    replay_limit: usize,
+    upstream_timeout: Duration,
+    login: LoginContext,
+    client_tokens: Vec<Secret>,
+    route_prefixes: Vec<Arc<str>>,
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(config: &Config, client: HttpClient) -> Arc<Shared> {
+        Arc::new(Shared {
+            identities: config
+                .identities
+                .iter()
+                .map(|i| Arc::new(Identity::new(i)))
+                .collect(),
+            routes: RouteTable::new(config),
+            creatio: config.creatio.clone(),
+            replay_limit: config.replay_buffer,
+            upstream_timeout: config.upstream_timeout,
+            login: LoginContext::new(config, client),
+            client_tokens: config.client_tokens.clone(),
+            route_prefixes: config
+                .routes
+                .iter()
+                .map(|r| Arc::from(r.prefix.as_str()))
+                .collect(),
+        })
+    }
+
+    /// The settings logins use.
+    pub fn login_context(&self) -> &LoginContext {
+        &self.login
+    }
+}
+
+/// Facts about a forwarded request, attached to the answer for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Creatio's status (of the last attempt).
+    pub upstream_status: u16,
+    /// The request met an expired session and was replayed after a new login.
+    pub relogin: bool,
+}
+
+// === impl AuthLayer ===
+
+/// Wraps the client with Creatio session handling.
+#[derive(Clone)]
+pub struct AuthLayer {
+    shared: Arc<Shared>,
+}
+
+impl AuthLayer {
+    /// A layer over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AuthLayer { shared }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The session-attaching service (see the module docs).
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Request<Incoming>> for Auth<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Error: Into<hyper_util::client::legacy::Error>,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    // Boxed: the future awaits a login and possibly a replay; one allocation next to a
+    // network round trip.
+    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Readiness of the client is awaited per attempt in `send` (a replay needs it twice).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move { forward(inner, shared, req).await })
+    }
+}
+
+/// A request body, ready to send (and maybe to send again).
+enum PreparedBody {
+    /// Held in memory: can be replayed.
+    Replayable(Bytes),
+    /// Too large to hold: streams once.
+    Streaming(ProxyBody),
+}
+
+async fn prepare_body(body: Incoming, limit: usize) -> Result<PreparedBody, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(PreparedBody::Replayable(Bytes::new()));
+    }
+    if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
+        return Ok(PreparedBody::Streaming(ProxyBody::Stream(body)));
+    }
+    match read_ahead(body, limit).await {
+        Ok(ReadAhead::Complete(bytes)) => Ok(PreparedBody::Replayable(bytes)),
+        Ok(ReadAhead::Partial(prefix, rest)) => {
+            Ok(PreparedBody::Streaming(ProxyBody::Prefixed(prefix, rest)))
+        }
+        Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+    }
+}
+
+async fn forward<S>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Error: Into<hyper_util::client::legacy::Error>,
+    S::Future: Send,
+{
+    let decision = req
+        .extensions()
+        .get::<RouteDecision>()
+        .copied()
+        .ok_or(ProxyError::NoRoute)?;
+    let identity = shared
+        .identities
+        .get(decision.identity)
+        .cloned()
+        .ok_or(ProxyError::NoRoute)?;
+    let (mut parts, body) = req.into_parts();
+
+    if let Some(local) = answer_client_login(&parts.method, parts.uri.path()) {
+        return match local {
+            LocalAuth::Login => {
+                identity.session(&shared.login).await?;
+                Ok(login_success_response())
+            }
+            LocalAuth::Logout => Ok(json_response(StatusCode::OK, "{}")),
+        };
+    }
+
+    let path = parts.uri.path();
+    let path: Cow<'_, str> = if decision.ssp {
+        apply_ssp(path)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let uri: Uri = match parts.uri.query() {
+        Some(q) => shared.creatio.join(&format!("{path}?{q}")),
+        None => shared.creatio.join(&path),
+    }
+    .parse()
+    .map_err(|_| ProxyError::BadRequestTarget)?;
+    remove_hop_by_hop(&mut parts.headers);
+    strip_client_credentials(&mut parts.headers);
+
+    let body = prepare_body(body, shared.replay_limit).await?;
+    let session = identity.session(&shared.login).await?;
+    let target = shared.creatio.host_port();
+
+    let (first_body, replay) = match body {
+        PreparedBody::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some(bytes)),
+        PreparedBody::Streaming(body) => (body, None),
+    };
+    let spare_headers = replay.as_ref().map(|_| parts.headers.clone());
+    let response = send(
+        &mut inner,
+        &parts.method,
+        uri.clone(),
+        parts.headers,
+        &session,
+        first_body,
+        shared.upstream_timeout,
+        &target,
+    )
+    .await?;
+    let response = match inspect(response, shared.upstream_timeout).await? {
+        Inspected::Pass(response) => {
+            return Ok(finish(response, &identity, session.generation, false));
+        }
+        Inspected::Expired => {
+            let fresh = identity
+                .renew(&shared.login, Some(session.generation))
+                .await?;
+            let (Some(bytes), Some(headers)) = (replay, spare_headers) else {
+                return Err(ProxyError::ExpiredDuringUpload);
+            };
+            let response = send(
+                &mut inner,
+                &parts.method,
+                uri,
+                headers,
+                &fresh,
+                ProxyBody::full(bytes),
+                shared.upstream_timeout,
+                &target,
+            )
+            .await?;
+            (response, fresh)
+        }
+    };
+    let (response, fresh) = response;
+    match inspect(response, shared.upstream_timeout).await? {
+        Inspected::Pass(response) => Ok(finish(response, &identity, fresh.generation, true)),
+        Inspected::Expired => Err(ProxyError::ExpiredAgain {
+            identity: identity.name().to_string(),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send<S>(
+    inner: &mut S,
+    method: &Method,
+    uri: Uri,
+    mut headers: HeaderMap,
+    session: &Session,
+    body: ProxyBody,
+    timeout: Duration,
+    target: &str,
+) -> Result<Response<Incoming>, ProxyError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<Incoming>>,
+    S::Error: Into<hyper_util::client::legacy::Error>,
+{
+    if let Some(cookie) = &session.cookie {
+        headers.insert(header::COOKIE, cookie.clone());
+    }
+    if let Some(csrf) = &session.csrf {
+        headers.insert(BPMCSRF_HEADER.clone(), csrf.clone());
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    let unreachable = |e: S::Error| {
+        let e: hyper_util::client::legacy::Error = e.into();
+        ProxyError::Unreachable {
+            target: target.to_string(),
+            cause: crate::auth::describe_client_error(&e),
+        }
+    };
+    let svc = inner.ready().await.map_err(unreachable)?;
+    match tokio::time::timeout(timeout, svc.call(req)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+        Ok(Err(e)) => Err(unreachable(e)),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+enum Inspected {
+    Pass(Response<ProxyBody>),
+    Expired,
+}
+
+/// Decides whether an answer means "session expired"; reads at most the first 4 KB of an
+/// HTML answer, and gives those bytes back to the body otherwise.
+async fn inspect(response: Response<Incoming>, timeout: Duration) -> Result<Inspected, ProxyError> {
+    match classify(response.status(), response.headers()) {
+        Verdict::Pass => Ok(Inspected::Pass(response.map(ProxyBody::Stream))),
+        Verdict::Expired => Ok(Inspected::Expired),
+        Verdict::Inspect => {
+            let (parts, body) = response.into_parts();
+            let ahead = tokio::time::timeout(timeout, read_ahead(body, LOGIN_PAGE_SCAN - 1))
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
+                .map_err(|e| ProxyError::Unreachable {
+                    target: "Creatio".to_string(),
+                    cause: format!("the answer broke off: {e}"),
+                })?;
+            let (login, body) = match ahead {
+                ReadAhead::Complete(bytes) => (is_login_page(&bytes), ProxyBody::full(bytes)),
+                ReadAhead::Partial(chunks, rest) => {
+                    let head = head_of(&chunks, LOGIN_PAGE_SCAN);
+                    (is_login_page(&head), ProxyBody::Prefixed(chunks, rest))
+                }
+            };
+            if login {
+                Ok(Inspected::Expired)
+            } else {
+                Ok(Inspected::Pass(Response::from_parts(parts, body)))
+            }
+        }
+    }
+}
+
+fn head_of(chunks: &VecDeque<Bytes>, n: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(n);
+    for c in chunks {
+        let take = (n - head.len()).min(c.len());
+        head.extend_from_slice(&c[..take]);
+        if head.len() == n {
+            break;
+        }
+    }
+    head
+}
+
+/// Absorbs cookies, removes what must not reach the client, records the outcome.
+fn finish(
+    mut response: Response<ProxyBody>,
+    identity: &Identity,
+    generation: u64,
+    relogin: bool,
+) -> Response<ProxyBody> {
+    let upstream_status = response.status().as_u16();
+    let headers = response.headers_mut();
+    if headers.contains_key(header::SET_COOKIE) {
+        identity.absorb(generation, headers);
+        headers.remove(header::SET_COOKIE);
+    }
+    remove_hop_by_hop(headers);
+    response.extensions_mut().insert(Outcome {
+        upstream_status,
+        relogin,
+    });
+    response
+}
+
+enum LocalAuth {
+    Login,
+    Logout,
+}
+
+fn answer_client_login(method: &Method, path: &str) -> Option<LocalAuth> {
+    const LOGIN: &str = "/servicemodel/authservice.svc/login";
+    const LOGOUT: &str = "/servicemodel/authservice.svc/logout";
+    let ends = |suffix: &str| {
+        path.len() >= suffix.len() && path[path.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if method == Method::POST && ends(LOGIN) {
+        Some(LocalAuth::Login)
+    } else if ends(LOGOUT) {
+        Some(LocalAuth::Logout)
+    } else {
+        None
+    }
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+fn login_success_response() -> Response<ProxyBody> {
+    let mut r = json_response(
+        StatusCode::OK,
+        r#"{"Code":0,"Message":"","Exception":null,"PasswordChangeUrl":null,"RedirectUrl":null}"#,
+    );
+    // Placeholders so clients that insist on seeing the cookies keep working; the proxy drops
+    // them when they come back and sends the real session instead.
+    let h = r.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(".ASPXAUTH=creatio-proxy; path=/; HttpOnly"),
+    );
+    h.append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("BPMCSRF=creatio-proxy; path=/"),
+    );
+    r
+}
+
+// === impl Gateway ===
+
+/// The front service: request id, inbound access, path checks, routing, errors, access log.
+#[derive(Clone)]
+pub struct Gateway<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The full stack for `shared` over `client`.
+pub fn stack(shared: Arc<Shared>, client: HttpClient) -> Gateway<Auth<HttpClient>> {
+    Gateway {
+        inner: AuthLayer::new(shared.clone()).layer(client),
+        shared,
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Gateway<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let shared = self.shared.clone();
+        let decided = admit(&shared, &req);
+        let method = req.method().clone();
+        let path: Arc<str> = Arc::from(req.uri().path());
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let (result, identity, route) = match decided {
+                Err(e) => (Err(e), None, None),
+                Ok(decision) => {
+                    req.extensions_mut().insert(decision);
+                    let identity = shared
+                        .identities
+                        .get(decision.identity)
+                        .map(|i| i.name().clone());
+                    let route = decision
+                        .route
+                        .and_then(|r| shared.route_prefixes.get(r).cloned());
+                    let result = match inner.ready().await {
+                        Ok(svc) => svc.call(req).await,
+                        Err(e) => Err(e),
+                    };
+                    (result, identity, route)
+                }
+            };
+            let mut response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    log_error(&e, &request_id, &method, &path, identity.as_deref());
+                    e.into_response(&request_id)
+                }
+            };
+            let outcome = response.extensions().get::<Outcome>().copied();
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+            tracing::info!(
+                target: "creatio_proxy::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                method = %method,
+                path = %path,
+                route = route.as_deref().unwrap_or("-"),
+                identity = identity.as_deref().unwrap_or("-"),
+                status = response.status().as_u16(),
+                upstream_status = outcome.map_or(0, |o| o.upstream_status),
+                relogin = outcome.is_some_and(|o| o.relogin),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            Ok(response)
+        })
+    }
+}
+
+fn admit(shared: &Shared, req: &Request<Incoming>) -> Result<RouteDecision, ProxyError> {
+    if !shared.client_tokens.is_empty() && !client_authorized(&shared.client_tokens, req.headers())
+    {
+        return Err(ProxyError::Unauthorized);
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequestTarget);
+    }
+    if has_dot_segment(path) {
+        return Err(ProxyError::DotSegment);
+    }
+    shared.routes.decide(path).ok_or(ProxyError::NoRoute)
+}
+
+fn client_authorized(tokens: &[Secret], headers: &HeaderMap) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| v[7..].trim())
+        });
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    [bearer, api_key]
+        .into_iter()
+        .flatten()
+        .any(|offered| tokens.iter().any(|t| t.ct_eq(offered.as_bytes())))
+}
+
+fn log_error(
+    e: &ProxyError,
+    rid: &HeaderValue,
+    method: &Method,
+    path: &str,
+    identity: Option<&str>,
+) {
+    let rid = rid.to_str().unwrap_or("");
+    let identity = identity.unwrap_or("-");
+    if e.status().is_server_error() {
+        tracing::error!(request_id = rid, %method, path, identity, error = e.code(), "{e}");
+    } else {
+        tracing::debug!(request_id = rid, %method, path, identity, error = e.code(), "{e}");
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The client's `x-request-id` when it is sane (visible ASCII, at most 128 bytes), else a new
+/// id: a per-process random prefix and a counter.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    });
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let text = format!(
+        "{:08x}{:016x}",
+        (seed >> 32) as u32,
+        seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_login_and_logout_are_recognised() {
+        assert!(matches!(
+            answer_client_login(&Method::POST, "/ServiceModel/AuthService.svc/Login"),
+            Some(LocalAuth::Login)
+        ));
+        assert!(matches!(
+            answer_client_login(&Method::POST, "/0/servicemodel/authservice.svc/login"),
+            Some(LocalAuth::Login)
+        ));
+        assert!(matches!(
+            answer_client_login(&Method::GET, "/ServiceModel/AuthService.svc/Logout"),
+            Some(LocalAuth::Logout)
+        ));
+        assert!(answer_client_login(&Method::GET, "/ServiceModel/AuthService.svc/Login").is_none());
+        assert!(answer_client_login(&Method::POST, "/0/odata/Contact").is_none());
+    }
+
+    #[test]
+    fn client_tokens_accept_bearer_or_api_key() {
+        let tokens = vec![Secret::new("t0k3n")];
+        let mut h = HeaderMap::new();
+        assert!(!client_authorized(&tokens, &h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0k3n"),
+        );
+        assert!(client_authorized(&tokens, &h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wrong"),
+        );
+        assert!(!client_authorized(&tokens, &h));
+        h.insert("x-api-key", HeaderValue::from_static("t0k3n"));
+        assert!(client_authorized(&tokens, &h));
+    }
+
+    #[test]
+    fn request_ids_are_reused_when_sane_and_unique_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+    }
+}

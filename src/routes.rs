@@ -1,0 +1,205 @@
+//! Which identity serves a path, and how the path is rewritten for Creatio.
+//!
+//! Rules:
+//! 1. Paths with a `.` or `..` segment, literal or percent-encoded (`%2e`, `%2E%2e`, …), or
+//!    with a backslash that IIS would read as `/`, are refused: normalising them could move a
+//!    request into another route's prefix (another identity) or out of the application.
+//! 2. The longest `[[routes]]` prefix wins. Prefixes match whole segments (`/0/rest/A` matches
+//!    `/0/rest/A` and `/0/rest/A/M`, not `/0/rest/AB`) and ASCII case-insensitively, because
+//!    IIS serves `/0/REST/A` as `/0/rest/A`: a case variant must not escape its route.
+//! 3. Unmatched paths go to the default identity (or are refused when `unmatched = "deny"`).
+//! 4. `ssp = true` applies the contract's /ssp rule ([`apply_ssp`]).
+
+use std::borrow::Cow;
+
+use crate::config::{Config, RouteConfig, Unmatched};
+
+/// What the route table decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDecision {
+    /// Index of the identity (into the proxy's identity list).
+    pub identity: usize,
+    /// Apply the /ssp rule.
+    pub ssp: bool,
+    /// Index of the matched route, `None` for the default.
+    pub route: Option<usize>,
+}
+
+/// The compiled route table; built once, read on every request.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    /// Routes sorted by prefix length, longest first, with their original index.
+    routes: Vec<(usize, RouteConfig)>,
+    default: Option<usize>,
+}
+
+impl RouteTable {
+    /// Builds the table from a validated config.
+    pub fn new(config: &Config) -> RouteTable {
+        let mut routes: Vec<(usize, RouteConfig)> =
+            config.routes.iter().cloned().enumerate().collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
+        let default = match config.unmatched {
+            Unmatched::Forward => config.default_identity,
+            Unmatched::Deny => None,
+        };
+        RouteTable { routes, default }
+    }
+
+    /// The decision for `path` (no query), or `None` when nothing serves it.
+    pub fn decide(&self, path: &str) -> Option<RouteDecision> {
+        for (index, route) in &self.routes {
+            if prefix_matches(&route.prefix, path) {
+                return Some(RouteDecision {
+                    identity: route.identity,
+                    ssp: route.ssp,
+                    route: Some(*index),
+                });
+            }
+        }
+        self.default.map(|identity| RouteDecision {
+            identity,
+            ssp: false,
+            route: None,
+        })
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let (p, rest) = match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(p), Some(rest)) => (p, rest),
+        _ => return false,
+    };
+    p.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
+}
+
+/// True when any segment of `path` is `.` or `..` after percent-decoding, or the path holds a
+/// backslash (literal or `%5c`), which IIS treats as a separator.
+pub fn has_dot_segment(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
+    if decoded.contains(&b'\\') {
+        return true;
+    }
+    decoded
+        .split(|b| *b == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+/// The contract's /ssp rule: insert `ssp` after a leading `/0` segment, else at the start;
+/// leave a path that already carries it alone.
+///
+/// `/0/rest/S/M` → `/0/ssp/rest/S/M`; `/rest/S/M` → `/ssp/rest/S/M`; `/0/ssp/x` unchanged.
+pub fn apply_ssp(path: &str) -> Cow<'_, str> {
+    let is_seg = |rest: &str, seg: &str| {
+        rest.len() >= seg.len()
+            && rest[..seg.len()].eq_ignore_ascii_case(seg)
+            && (rest.len() == seg.len() || rest.as_bytes()[seg.len()] == b'/')
+    };
+    if is_seg(path, "/0") {
+        let rest = &path[2..];
+        if is_seg(rest, "/ssp") {
+            return Cow::Borrowed(path);
+        }
+        return Cow::Owned(format!("/0/ssp{rest}"));
+    }
+    if is_seg(path, "/ssp") {
+        return Cow::Borrowed(path);
+    }
+    Cow::Owned(format!("/ssp{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssp_rule_matches_the_contract() {
+        let cases = [
+            ("/0/rest/S/M", "/0/ssp/rest/S/M"),
+            ("/0/odata/Contact", "/0/ssp/odata/Contact"),
+            ("/rest/S/M", "/ssp/rest/S/M"),
+            ("/0/ssp/rest/S/M", "/0/ssp/rest/S/M"),
+            ("/ssp/rest/S/M", "/ssp/rest/S/M"),
+            ("/0", "/0/ssp"),
+            ("/00/rest", "/ssp/00/rest"),
+            ("/0/sspx/y", "/0/ssp/sspx/y"),
+        ];
+        for (input, want) in cases {
+            let got = apply_ssp(input);
+            assert_eq!(got, want, "{input}");
+            assert_eq!(
+                apply_ssp(&got),
+                want,
+                "applying twice must not add a second ssp: {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for p in [
+            "/0/../x",
+            "/./x",
+            "/0/%2e%2e/x",
+            "/0/%2E./x",
+            "/0/.%2E",
+            "/a/%2e/b",
+            "/a\\..\\b",
+            "/a/%5c../b",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/0/odata/Contact",
+            "/a/..b/c",
+            "/a/.well-known/x",
+            "/a/b.",
+            "/",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_by_whole_segments_and_ignores_case() {
+        let table = RouteTable {
+            routes: {
+                let mut r = vec![
+                    (
+                        0,
+                        RouteConfig {
+                            prefix: "/0/rest".into(),
+                            ssp: false,
+                            identity: 1,
+                        },
+                    ),
+                    (
+                        1,
+                        RouteConfig {
+                            prefix: "/0/rest/UsrPortalService".into(),
+                            ssp: true,
+                            identity: 2,
+                        },
+                    ),
+                ];
+                r.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
+                r
+            },
+            default: Some(0),
+        };
+        let d = |p: &str| table.decide(p).map(|d| (d.identity, d.ssp));
+        assert_eq!(d("/0/rest/UsrPortalService/Get"), Some((2, true)));
+        assert_eq!(d("/0/REST/usrportalservice/Get"), Some((2, true)));
+        assert_eq!(d("/0/rest/UsrPortalService"), Some((2, true)));
+        assert_eq!(d("/0/rest/UsrPortalServiceX/Get"), Some((1, false)));
+        assert_eq!(d("/0/odata/Contact"), Some((0, false)));
+        let deny = RouteTable {
+            routes: table.routes.clone(),
+            default: None,
+        };
+        assert_eq!(deny.decide("/0/odata/Contact"), None);
+    }
+}

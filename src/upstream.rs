@@ -1,0 +1,182 @@
+//! The connection to Creatio: a pooled hyper-util client over rustls, and the header rules
+//! applied to everything that crosses the proxy.
+//!
+//! - TLS certificates are always verified, against the webpki roots plus `creatio.ca_file`.
+//! - Connections are pooled and reused (keep-alive, TCP_NODELAY); the pool has no size cap,
+//!   so concurrency to Creatio follows the clients' concurrency.
+//! - Redirects are never followed: a 302 is Creatio's answer and is either a session expiry
+//!   (handled by the auth layer) or passed to the client as is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::body::ProxyBody;
+use crate::config::Config;
+
+/// The pooled client every request to Creatio goes through.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `creatio.ca_file` unreadable or not PEM.
+    #[error("creatio.ca_file: {0}")]
+    CaFile(String),
+    /// rustls refused the configuration.
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Builds the pooled client for `config`.
+pub fn build_client(config: &Config) -> Result<HttpClient, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| ClientError::CaFile(format!("cannot read {}: {e}", path.display())))?
+        {
+            let cert = cert.map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::CaFile(format!(
+                "{} holds no PEM certificate",
+                path.display()
+            )));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(named) = connection_named(headers) {
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn connection_named(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut out = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                out.push(name);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The Creatio `BPMCSRF` header.
+pub static BPMCSRF_HEADER: HeaderName = HeaderName::from_static("bpmcsrf");
+
+/// Removes what the client must not send to Creatio: its own credentials (`Cookie`, `BPMCSRF`,
+/// `Authorization`, `X-Api-Key`), `Set-Cookie` lines some ESBs send back as request headers,
+/// and `Host` (the upstream's is set from the URL).
+pub fn strip_client_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::COOKIE);
+    headers.remove(&BPMCSRF_HEADER);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(HeaderName::from_static("x-api-key"));
+    headers.remove(header::SET_COOKIE);
+    headers.remove(header::HOST);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("Keep-Alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn client_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("cookie", "a=b"),
+            ("bpmcsrf", "x"),
+            ("authorization", "Basic Zm9vOmJhcg=="),
+            ("set-cookie", ".ASPXAUTH=stolen"),
+            ("host", "localhost:5080"),
+            ("x-api-key", "k"),
+            ("accept", "*/*"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_client_credentials(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["accept"]
+        );
+    }
+}

@@ -249,7 +249,8 @@ impl Config {
             ));
         }
         let figment = Figment::new().merge(Toml::file(path)).merge(env_provider());
-        Self::from_figment(figment, &RealEnv)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_figment(figment, &RealEnv, Some(base))
     }
 
     /// Validates a config given as TOML text (plus the real environment). Used by `demo`.
@@ -257,10 +258,15 @@ impl Config {
         let figment = Figment::new()
             .merge(Toml::string(toml))
             .merge(env_provider());
-        Self::from_figment(figment, &RealEnv)
+        Self::from_figment(figment, &RealEnv, None)
     }
 
-    fn from_figment(figment: Figment, env: &dyn SecretEnv) -> Result<Config, ConfigError> {
+    /// `base`: the config file's folder; relative `*_file` paths are taken from there.
+    fn from_figment(
+        figment: Figment,
+        env: &dyn SecretEnv,
+        base: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let mut file: ConfigFile = figment.extract().map_err(|e| {
             let key = if e.path.is_empty() {
                 "config".to_string()
@@ -271,6 +277,9 @@ impl Config {
             ConfigError::new(key, kind)
         })?;
         apply_secret_env(&mut file, env);
+        if let Some(base) = base {
+            resolve_paths(&mut file, base);
+        }
         Config::from_file(file)
     }
 
@@ -517,6 +526,23 @@ fn env_provider() -> Env {
         .filter(|key| !is_secret_key(key.as_str()))
 }
 
+/// Makes relative file paths relative to the config file's folder, not to wherever the
+/// proxy happens to be started.
+fn resolve_paths(file: &mut ConfigFile, base: &Path) {
+    let fix = |p: &mut Option<PathBuf>| {
+        if let Some(path) = p.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    };
+    fix(&mut file.creatio.ca_file);
+    for id in file.auth.iter_mut().chain(file.identities.values_mut()) {
+        fix(&mut id.password_file);
+        fix(&mut id.client_secret_file);
+    }
+}
+
 fn is_secret_key(key: &str) -> bool {
     key.ends_with(".password") || key.ends_with(".client_secret")
 }
@@ -596,23 +622,24 @@ fn parse_identity(key: &str, name: &str, f: &IdentityFile) -> Result<IdentityCon
             name.to_ascii_uppercase()
         )
     };
-    let password =
-        match (&f.password, &f.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    format!("{key}.password"),
-                    "give either password or password_file, not both",
-                ))
-            }
-            (Some(p), None) => p.clone(),
-            (None, Some(path)) => read_secret_file(&format!("{key}.password_file"), path)?,
-            (None, None) => return Err(ConfigError::new(
+    let password = match (&f.password, &f.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{key}.password"),
+                "give either password or password_file, not both",
+            ))
+        }
+        (Some(p), None) => p.clone(),
+        (None, Some(path)) => read_secret_file(&format!("{key}.password_file"), path)?,
+        (None, None) => {
+            return Err(ConfigError::new(
                 format!("{key}.password"),
                 format!(
                     "missing: set password, password_file, or the environment variable {env_name}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if password.is_empty() {
         return Err(ConfigError::new(format!("{key}.password"), "is empty"));
     }
@@ -739,6 +766,7 @@ mod tests {
         Config::from_figment(
             Figment::new().merge(Toml::string(toml)),
             &MapEnv(HashMap::new()),
+            None,
         )
     }
 
@@ -879,8 +907,8 @@ mod tests {
             "CREATIO_PROXY_AUTH__PASSWORD".to_string(),
             "0123".to_string(),
         )]));
-        let c =
-            Config::from_figment(Figment::new().merge(Toml::string(MINIMAL)), &env).expect("loads");
+        let c = Config::from_figment(Figment::new().merge(Toml::string(MINIMAL)), &env, None)
+            .expect("loads");
         let LoginConfig::Forms { password, .. } = &c.identities[0].login;
         assert_eq!(password.expose(), "0123");
         assert!(

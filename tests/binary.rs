@@ -1,0 +1,322 @@
+//! The real `creatio-proxy` binary: its logs never hold a secret, SIGTERM exits 0, `demo`
+//! works as the README says, `check` diagnoses each identity, a bad config names its key.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use creatio_proxy::emulator::{Emulator, EmulatorOptions, User};
+use http::{Method, StatusCode};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_creatio-proxy");
+const PASSWORD: &str = "S3cret-Passw0rd!";
+const WRONG_PORTAL_PASSWORD: &str = "Wr0ng-Portal-Pass";
+const CLIENT_BEARER: &str = "client-bearer-token-123";
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Waits (up to 30 s) for a stderr line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM by PID, then every remaining stderr line and the exit code.
+    fn terminate(mut self) -> (Vec<String>, Option<i32>) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("proxy exits");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.seen.push(line);
+        }
+        (self.seen, exit.code())
+    }
+}
+
+fn spawn(args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        child,
+        lines: rx,
+        seen: Vec::new(),
+    }
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("creatio-proxy.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+fn options() -> EmulatorOptions {
+    EmulatorOptions {
+        users: vec![
+            User::employee("Supervisor", PASSWORD),
+            User::portal("portal.user", "portal-pass"),
+        ],
+        session_timeout: Duration::from_secs(600),
+        ..EmulatorOptions::default()
+    }
+}
+
+fn config(emu: &Emulator, format: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+login_backoff = "100ms"
+[creatio]
+url = "{url}"
+[auth]
+username = "Supervisor"
+password = "{PASSWORD}"
+[[routes]]
+prefix = "/0/rest/UsrPortalService"
+ssp = true
+identity = "portal"
+[identities.portal]
+username = "portal.user"
+password = "{WRONG_PORTAL_PASSWORD}"
+[log]
+format = "{format}"
+level = "debug"
+"#,
+        url = emu.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero() {
+    for format in ["json", "text"] {
+        let emu = emulator(options()).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(&dir, &config(&emu, format));
+        let mut proxy = spawn(&["--config", &path]);
+        let ready = proxy.wait_for("creatio-proxy ready");
+        let addr = ready
+            .split(['"', ' ', '='])
+            .find(|t| t.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no listen address in {ready}"))
+            .to_string();
+        let c = client();
+        let url = |p: &str| format!("http://{addr}{p}");
+
+        // login, a request carrying the client's own credentials, sliding renewal, expiry and
+        // re-login with a replayed POST, and a failing identity.
+        let r = send(
+            &c,
+            Method::GET,
+            &url("/0/odata/Contact?secretquery=1"),
+            &[
+                ("authorization", &format!("Bearer {CLIENT_BEARER}")),
+                ("cookie", "mine=abc"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        emu.advance_clock(Duration::from_secs(400));
+        assert_eq!(
+            get(&c, &url("/0/odata/Contact")).await.status,
+            StatusCode::OK
+        );
+        emu.invalidate_sessions();
+        let r = send(
+            &c,
+            Method::POST,
+            &url("/0/odata/Contact"),
+            &[("content-type", "application/json")],
+            r#"{"Name":"x"}"#,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let r = get(&c, &url("/0/rest/UsrPortalService/Get")).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        proxy.wait_for("relogin");
+        let (lines, code) = proxy.terminate();
+        assert_eq!(code, Some(0), "SIGTERM: exit 0 ({format})");
+        let log = lines.join("\n");
+
+        // The logs are not empty: they say what happened.
+        assert!(log.contains("logged in to Creatio"), "{log}");
+        assert!(
+            log.contains("Either user name or password specified incorrectly"),
+            "{log}"
+        );
+        assert!(log.contains("/0/odata/Contact"), "{log}");
+        assert!(
+            !log.contains("secretquery"),
+            "query strings are not logged: {log}"
+        );
+
+        // And they hold no secret: passwords, the client's token, any cookie or BPMCSRF value.
+        let mut secrets = vec![
+            PASSWORD.to_string(),
+            WRONG_PORTAL_PASSWORD.to_string(),
+            CLIENT_BEARER.to_string(),
+        ];
+        for s in emu.seen() {
+            if let Some(line) = s.headers.get("cookie").and_then(|v| v.to_str().ok()) {
+                secrets.extend(
+                    line.split(';')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(_, v)| v.trim().to_string()),
+                );
+            }
+            if let Some(v) = s.headers.get("bpmcsrf").and_then(|v| v.to_str().ok()) {
+                secrets.push(v.to_string());
+            }
+        }
+        assert!(
+            secrets.len() > 6,
+            "the flow produced session values to look for"
+        );
+        for secret in secrets.iter().filter(|s| s.len() >= 6) {
+            assert!(
+                !log.contains(secret.as_str()),
+                "{format} log leaks a secret value ({} chars)",
+                secret.len()
+            );
+        }
+        emu.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_ok_or_what_is_wrong_per_identity() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(&dir, &config(&emu, "text"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--config", &path])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("OK    default (user Supervisor)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  portal (user portal.user)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Either user name or password specified incorrectly"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(WRONG_PORTAL_PASSWORD) && !stdout.contains(PASSWORD));
+    assert_eq!(
+        (emu.logins("Supervisor"), emu.login_attempts("portal.user")),
+        (1, 1)
+    );
+
+    let fixed = config(&emu, "text").replace(WRONG_PORTAL_PASSWORD, "portal-pass");
+    let path = write_config(&dir, &fixed);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--config", &path])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_bad_config_exits_64_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(&dir, "[creatio]\nurl = \"https://x.example\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n[[routes]]\nprefix = \"/0/rest/X\"\nidentity = \"nobody\"\n");
+    let out = Command::new(BIN)
+        .args(["--config", &path])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].identity") && stderr.contains("[identities.nobody]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_shows_the_proxy_working() {
+    let out = Command::new(BIN)
+        .args(["demo", "--once", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("GET /0/odata/Contact -> 200 OK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("POST /0/odata/Contact -> 201 Created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /0/rest/UsrPortalService/GetCases -> 200 OK"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"user\":\"portal.user\""), "{stdout}");
+    assert!(stdout.contains("Supervisor 1, portal.user 1"), "{stdout}");
+    assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
+}

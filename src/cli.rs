@@ -75,8 +75,10 @@ pub fn main() -> i32 {
             let Some(config) = load(cli.config.as_deref()) else {
                 return EXIT_USAGE;
             };
-            crate::telemetry::init(&config.log);
-            runtime.block_on(run(config))
+            crate::telemetry::init(&config.log, true);
+            let code = runtime.block_on(run(config));
+            crate::telemetry::flush();
+            code
         }
         Command::Check => {
             let Some(config) = load(cli.config.as_deref()) else {

@@ -19,10 +19,13 @@ use crate::server::{shutdown_signal, Server};
 
 /// Runs the demo; returns the exit code.
 pub async fn demo(listen: SocketAddr, once: bool) -> i32 {
-    crate::telemetry::init(&LogConfig {
-        format: LogFormat::Text,
-        level: "warn".into(),
-    });
+    crate::telemetry::init(
+        &LogConfig {
+            format: LogFormat::Text,
+            level: "warn".into(),
+        },
+        false,
+    );
     let emulator = match Emulator::start(
         EmulatorOptions::default(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -175,10 +178,13 @@ password = "portal-pass"
 
 /// `creatio-proxy emulator`: only the emulator, until Ctrl-C.
 pub async fn emulator_only(listen: SocketAddr) -> i32 {
-    crate::telemetry::init(&LogConfig {
-        format: LogFormat::Text,
-        level: "info".into(),
-    });
+    crate::telemetry::init(
+        &LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        },
+        false,
+    );
     match Emulator::start(EmulatorOptions::default(), listen).await {
         Ok(e) => {
             println!("Creatio emulator (not Creatio) on {} (users Supervisor/Supervisor, portal.user/portal-pass); Ctrl-C stops it", e.url());

@@ -57,6 +57,14 @@ pub enum ProxyError {
     /// The session expired while a body too large to replay was being sent.
     #[error("the Creatio session expired during a large upload; the session has been renewed, so it is safe to send the request again")]
     ExpiredDuringUpload,
+    /// Re-logins are paused after fresh sessions were refused too.
+    #[error("Creatio answered as if the session had expired, but a fresh login did not help a moment ago (identity \"{identity}\"), so the proxy is not logging in again for now; the endpoint itself may be refusing the request")]
+    ReloginPaused {
+        /// Identity name.
+        identity: String,
+        /// Until re-logins resume.
+        retry_after: Duration,
+    },
     /// The request met an expired session right after a fresh login.
     #[error("Creatio rejected the request as unauthenticated again right after a fresh login (identity \"{identity}\"); check the user's rights and that creatio.url is the application root")]
     ExpiredAgain {
@@ -76,7 +84,8 @@ impl ProxyError {
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::LoginFailed { .. }
             | ProxyError::Unreachable { .. }
-            | ProxyError::ExpiredAgain { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::ExpiredAgain { .. }
+            | ProxyError::ReloginPaused { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ExpiredDuringUpload => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -95,6 +104,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "creatio_timeout",
             ProxyError::ExpiredDuringUpload => "session_expired_during_upload",
             ProxyError::ExpiredAgain { .. } => "session_expired_again",
+            ProxyError::ReloginPaused { .. } => "relogin_paused",
         }
     }
 
@@ -121,6 +131,15 @@ impl ProxyError {
                 }
             }
             ProxyError::ExpiredAgain { identity } => body["identity"] = json!(identity),
+            ProxyError::ReloginPaused {
+                identity,
+                retry_after: ra,
+            } => {
+                body["identity"] = json!(identity);
+                let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+                body["retry_after_seconds"] = json!(secs);
+                retry_after = Some(secs);
+            }
             ProxyError::ExpiredDuringUpload => retry_after = Some(0),
             _ => {}
         }

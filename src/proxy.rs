@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -61,6 +62,8 @@ pub struct Shared {
     login: LoginContext,
     client_tokens: Vec<Secret>,
     route_prefixes: Vec<Arc<str>>,
+    /// Creatio's host:port, for error messages.
+    target: String,
 }
 
 impl Shared {
@@ -83,6 +86,7 @@ impl Shared {
                 .iter()
                 .map(|r| Arc::from(r.prefix.as_str()))
                 .collect(),
+            target: config.creatio.host_port(),
         })
     }
 
@@ -214,24 +218,13 @@ where
         };
     }
 
-    let path = parts.uri.path();
-    let path: Cow<'_, str> = if decision.ssp {
-        apply_ssp(path)
-    } else {
-        Cow::Borrowed(path)
-    };
-    let uri: Uri = match parts.uri.query() {
-        Some(q) => shared.creatio.join(&format!("{path}?{q}")),
-        None => shared.creatio.join(&path),
-    }
-    .parse()
-    .map_err(|_| ProxyError::BadRequestTarget)?;
+    let uri = upstream_uri(&shared.creatio, &parts.uri, decision.ssp)?;
     remove_hop_by_hop(&mut parts.headers);
     strip_client_credentials(&mut parts.headers);
 
     let body = prepare_body(body, shared.replay_limit).await?;
     let session = identity.session(&shared.login).await?;
-    let target = shared.creatio.host_port();
+    let target = &shared.target;
 
     let (first_body, replay) = match body {
         PreparedBody::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some(bytes)),
@@ -246,7 +239,7 @@ where
         &session,
         first_body,
         shared.upstream_timeout,
-        &target,
+        target,
     )
     .await?;
     let response = match inspect(response, shared.upstream_timeout).await? {
@@ -254,6 +247,12 @@ where
             return Ok(finish(response, &identity, session.generation, false));
         }
         Inspected::Expired => {
+            if let Some(wait) = identity.relogin_paused() {
+                return Err(ProxyError::ReloginPaused {
+                    identity: identity.name().to_string(),
+                    retry_after: wait,
+                });
+            }
             let fresh = identity
                 .renew(&shared.login, Some(session.generation))
                 .await?;
@@ -268,7 +267,7 @@ where
                 &fresh,
                 ProxyBody::full(bytes),
                 shared.upstream_timeout,
-                &target,
+                target,
             )
             .await?;
             (response, fresh)
@@ -276,11 +275,49 @@ where
     };
     let (response, fresh) = response;
     match inspect(response, shared.upstream_timeout).await? {
-        Inspected::Pass(response) => Ok(finish(response, &identity, fresh.generation, true)),
-        Inspected::Expired => Err(ProxyError::ExpiredAgain {
-            identity: identity.name().to_string(),
-        }),
+        Inspected::Pass(response) => {
+            identity.replay_worked();
+            Ok(finish(response, &identity, fresh.generation, true))
+        }
+        Inspected::Expired => {
+            identity.replay_refused(&shared.login);
+            Err(ProxyError::ExpiredAgain {
+                identity: identity.name().to_string(),
+            })
+        }
     }
+}
+
+/// Creatio's URI for a client's request target: the client's path and query under
+/// `creatio.url`, with the /ssp rule applied when the route asks for it. The common case (no
+/// virtual directory, no rewrite) reuses the client's path-and-query bytes as they are.
+fn upstream_uri(creatio: &CreatioUrl, client: &Uri, ssp: bool) -> Result<Uri, ProxyError> {
+    let path = client.path();
+    let path: Cow<'_, str> = if ssp {
+        apply_ssp(path)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let path_and_query = match (&path, creatio.base_path.is_empty(), client.path_and_query()) {
+        (Cow::Borrowed(_), true, Some(pq)) => pq.clone(),
+        _ => {
+            let mut s = String::with_capacity(creatio.base_path.len() + client.path().len() + 32);
+            s.push_str(&creatio.base_path);
+            s.push_str(&path);
+            if let Some(q) = client.query() {
+                s.push('?');
+                s.push_str(q);
+            }
+            PathAndQuery::from_maybe_shared(Bytes::from(s))
+                .map_err(|_| ProxyError::BadRequestTarget)?
+        }
+    };
+    Uri::builder()
+        .scheme(creatio.scheme.clone())
+        .authority(creatio.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequestTarget)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -402,7 +439,8 @@ fn answer_client_login(method: &Method, path: &str) -> Option<LocalAuth> {
     const LOGIN: &str = "/servicemodel/authservice.svc/login";
     const LOGOUT: &str = "/servicemodel/authservice.svc/logout";
     let ends = |suffix: &str| {
-        path.len() >= suffix.len() && path[path.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        let (p, suffix) = (path.as_bytes(), suffix.as_bytes());
+        p.len() >= suffix.len() && p[p.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
     if method == Method::POST && ends(LOGIN) {
         Some(LocalAuth::Login)
@@ -523,7 +561,7 @@ where
                 status = response.status().as_u16(),
                 upstream_status = outcome.map_or(0, |o| o.upstream_status),
                 relogin = outcome.is_some_and(|o| o.relogin),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                latency_us = started.elapsed().as_micros() as u64,
                 "request"
             );
             Ok(response)
@@ -604,12 +642,22 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         h.finish()
     });
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let text = format!(
-        "{:08x}{:016x}",
-        (seed >> 32) as u32,
-        seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    // 8 hex digits of the per-process seed, then 16 of a scrambled counter: unique within the
+    // process, unlikely to collide across restarts, cheap to make.
+    let mut id = [0u8; 24];
+    let hex = |v: u64, out: &mut [u8]| {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let len = out.len();
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = DIGITS[((v >> (4 * (len - 1 - i))) & 0xf) as usize];
+        }
+    };
+    hex(seed >> 32, &mut id[..8]);
+    hex(
+        seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        &mut id[8..],
     );
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -632,6 +680,53 @@ mod tests {
         ));
         assert!(answer_client_login(&Method::GET, "/ServiceModel/AuthService.svc/Login").is_none());
         assert!(answer_client_login(&Method::POST, "/0/odata/Contact").is_none());
+        assert!(
+            answer_client_login(&Method::POST, "/éaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").is_none()
+        );
+    }
+
+    #[test]
+    fn upstream_uri_joins_rewrites_and_keeps_the_query() {
+        let url = |u: &str| {
+            let c = crate::config::Config::from_toml_str(&format!(
+                "[creatio]\nurl = \"{u}\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n"
+            ))
+            .expect("config");
+            c.creatio
+        };
+        let root = url("https://crm.example.com");
+        let vdir = url("http://crm.local:8080/CreatioWebApp");
+        let cases = [
+            (
+                &root,
+                "/0/odata/Contact?$top=1&$filter=Name%20eq%20'x'",
+                false,
+                "https://crm.example.com/0/odata/Contact?$top=1&$filter=Name%20eq%20'x'",
+            ),
+            (
+                &root,
+                "/0/rest/S/M?a=1",
+                true,
+                "https://crm.example.com/0/ssp/rest/S/M?a=1",
+            ),
+            (
+                &vdir,
+                "/0/odata/Contact?$top=1",
+                false,
+                "http://crm.local:8080/CreatioWebApp/0/odata/Contact?$top=1",
+            ),
+            (
+                &vdir,
+                "/0/rest/S/M",
+                true,
+                "http://crm.local:8080/CreatioWebApp/0/ssp/rest/S/M",
+            ),
+        ];
+        for (creatio, client, ssp, want) in cases {
+            let client: Uri = client.parse().expect("uri");
+            let got = upstream_uri(creatio, &client, ssp).expect("joins");
+            assert_eq!(got.to_string(), want);
+        }
     }
 
     #[test]

@@ -79,6 +79,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// True when any segment of `path` is `.` or `..` after percent-decoding, or the path holds a
 /// backslash (literal or `%5c`), which IIS treats as a separator.
 pub fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
     if decoded.contains(&b'\\') {
         return true;
@@ -93,10 +96,13 @@ pub fn has_dot_segment(path: &str) -> bool {
 ///
 /// `/0/rest/S/M` → `/0/ssp/rest/S/M`; `/rest/S/M` → `/ssp/rest/S/M`; `/0/ssp/x` unchanged.
 pub fn apply_ssp(path: &str) -> Cow<'_, str> {
+    // Byte-wise: request paths may hold raw UTF-8, and slicing a `str` inside a character
+    // would panic.
     let is_seg = |rest: &str, seg: &str| {
+        let (rest, seg) = (rest.as_bytes(), seg.as_bytes());
         rest.len() >= seg.len()
             && rest[..seg.len()].eq_ignore_ascii_case(seg)
-            && (rest.len() == seg.len() || rest.as_bytes()[seg.len()] == b'/')
+            && rest.get(seg.len()).is_none_or(|b| *b == b'/')
     };
     if is_seg(path, "/0") {
         let rest = &path[2..];
@@ -126,6 +132,9 @@ mod tests {
             ("/0", "/0/ssp"),
             ("/00/rest", "/ssp/00/rest"),
             ("/0/sspx/y", "/0/ssp/sspx/y"),
+            ("/é", "/ssp/é"),
+            ("/0é/x", "/ssp/0é/x"),
+            ("/0/é", "/0/ssp/é"),
         ];
         for (input, want) in cases {
             let got = apply_ssp(input);

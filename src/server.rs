@@ -175,8 +175,15 @@ fn is_transient(e: &std::io::Error) -> bool {
 
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if !is_transient(&e) {
+                    // e.g. out of file descriptors: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(serve_admin_conn(stream, shared));

@@ -737,3 +737,38 @@ fn the_example_config_loads() {
     assert!(!config.routes.is_empty());
     assert!(config.routes.iter().any(|r| r.ssp));
 }
+
+#[tokio::test]
+async fn an_endpoint_that_always_answers_401_does_not_cost_a_login_per_request() {
+    let (emu, proxy, c) = setup(EmulatorOptions::default(), "login_backoff = \"30s\"", "").await;
+    assert_eq!(
+        get(&c, &proxy.url("/0/odata/Contact")).await.status,
+        StatusCode::OK
+    );
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let r = get(&c, &proxy.url("/0/rest/UsrDenyService/Check")).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+        codes.push(r.json()["error"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        codes[0], "session_expired_again",
+        "the first one tried a fresh session"
+    );
+    assert!(
+        codes[1..].iter().all(|c| c == "relogin_paused"),
+        "{codes:?}"
+    );
+    assert_eq!(
+        emu.logins("Supervisor"),
+        2,
+        "one re-login, not one per request"
+    );
+    // The session itself is fine: other paths keep working without another login.
+    assert_eq!(
+        get(&c, &proxy.url("/0/odata/Contact")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(emu.logins("Supervisor"), 2);
+    proxy.stop().await;
+}

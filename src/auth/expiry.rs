@@ -58,11 +58,19 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
     }
 }
 
-/// True when a `Location` points at a `/Login/` page (absolute or relative URL, any case).
+/// True when a `Location` points at one of Creatio's login pages under `/Login/`
+/// (`NuiLogin.aspx`, `Login.html`, the portal's `SspLogin.aspx`), absolute or relative, any
+/// case. Another page that merely lives under a `Login` folder is not an expiry: replaying a
+/// request after such a redirect could run it twice.
 pub fn is_login_location(location: &str) -> bool {
+    const PAGES: [&str; 3] = [
+        "/login/nuilogin.aspx",
+        "/login/login.html",
+        "/login/ssplogin.aspx",
+    ];
     let path = location.split(['?', '#']).next().unwrap_or("");
     let lower = path.to_ascii_lowercase();
-    lower.contains("/login/")
+    PAGES.iter().any(|p| lower.ends_with(p))
 }
 
 /// True when the start of an HTML body is Creatio's login page.
@@ -140,6 +148,18 @@ mod tests {
                 status: 302,
                 headers: headers(&[("location", "/x?next=/Login/")]),
                 want: Verdict::Pass,
+            },
+            Case {
+                name: "303 to a page in a Login folder",
+                status: 303,
+                headers: headers(&[("location", "/0/rest/Login/Done")]),
+                want: Verdict::Pass,
+            },
+            Case {
+                name: "portal login page",
+                status: 302,
+                headers: headers(&[("location", "/Login/SspLogin.aspx?ReturnUrl=%2fx")]),
+                want: Verdict::Expired,
             },
             Case {
                 name: "401",

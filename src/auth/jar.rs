@@ -105,7 +105,9 @@ impl Jar {
             line.push('=');
             line.push_str(c.value());
         }
-        HeaderValue::from_str(&line).ok()
+        let mut value = HeaderValue::from_str(&line).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     /// The `BPMCSRF` request header: the BPMCSRF cookie's value.

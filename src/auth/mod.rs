@@ -35,7 +35,6 @@ pub use jar::Jar;
 pub use login::{describe_client_error, LoginFailure};
 
 /// One logged-in session, as requests see it.
-#[derive(Debug)]
 pub struct Session {
     /// Increases with every successful login of the identity.
     pub generation: u64,
@@ -45,6 +44,15 @@ pub struct Session {
     pub csrf: Option<HeaderValue>,
     /// When the login happened.
     pub obtained: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The header values are credentials.
+        f.debug_struct("Session")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings every login shares.
@@ -89,6 +97,13 @@ struct Gate {
     last_error: Option<LoginFailure>,
 }
 
+/// State of the guard against re-login storms (see [`Identity::relogin_paused`]).
+#[derive(Default)]
+struct ReloginGuard {
+    refusals: u32,
+    until: Option<Instant>,
+}
+
 /// An identity and its session.
 pub struct Identity {
     name: Arc<str>,
@@ -98,6 +113,7 @@ pub struct Identity {
     gate: tokio::sync::Mutex<Gate>,
     generation: AtomicU64,
     logins: AtomicU64,
+    relogin: Mutex<ReloginGuard>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -131,6 +147,7 @@ impl Identity {
             gate: tokio::sync::Mutex::new(Gate::default()),
             generation: AtomicU64::new(0),
             logins: AtomicU64::new(0),
+            relogin: Mutex::new(ReloginGuard::default()),
         }
     }
 
@@ -157,7 +174,7 @@ impl Identity {
     }
 
     /// The current session, logging in first when there is none.
-    pub async fn session(&self, ctx: &LoginContext) -> Result<Arc<Session>, ProxyError> {
+    pub async fn session(self: &Arc<Self>, ctx: &LoginContext) -> Result<Arc<Session>, ProxyError> {
         match self.current.load_full() {
             Some(s) => Ok(s),
             None => self.renew(ctx, None).await,
@@ -166,7 +183,28 @@ impl Identity {
 
     /// A session newer than `stale` (the generation a request found expired), logging in
     /// only when nobody has done so since. `None` means "any session".
+    ///
+    /// The renewal runs in its own task: a client that hangs up while a login is under way
+    /// cancels only its wait, never the login, so every attempt is counted and the back-off
+    /// always applies.
     pub async fn renew(
+        self: &Arc<Self>,
+        ctx: &LoginContext,
+        stale: Option<u64>,
+    ) -> Result<Arc<Session>, ProxyError> {
+        let me = self.clone();
+        let ctx = ctx.clone();
+        match tokio::spawn(async move { me.renew_now(&ctx, stale).await }).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::LoginFailed {
+                identity: self.name.to_string(),
+                message: "the login task stopped unexpectedly".to_string(),
+                retry_after: None,
+            }),
+        }
+    }
+
+    async fn renew_now(
         &self,
         ctx: &LoginContext,
         stale: Option<u64>,
@@ -178,10 +216,11 @@ impl Identity {
             }
         }
         // The session in hand is the stale one (or there is none): it must not be used again,
-        // and late answers to it must not re-publish it (generation 0 matches no answer).
-        self.current.store(None);
+        // and late answers to it must not re-publish it. Both happen under the jar lock, which
+        // `absorb` holds while it publishes, and generation 0 matches no answer.
         if let Ok(mut state) = self.jar.lock() {
             state.generation = 0;
+            self.current.store(None);
         }
         let now = Instant::now();
         if let (Some(at), Some(err)) = (gate.retry_at, &gate.last_error) {
@@ -189,7 +228,14 @@ impl Identity {
                 return Err(self.login_error(err, Some(at - now)));
             }
         }
-        match login::login(ctx, &self.login).await {
+        let attempt = tokio::time::timeout(ctx.timeout, login::login(ctx, &self.login)).await;
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(LoginFailure::Unreachable {
+                target: ctx.creatio.host_port(),
+                cause: format!("the login did not complete within {:?}", ctx.timeout),
+            })
+        });
+        match attempt {
             Ok(jar) => {
                 gate.failures = 0;
                 gate.retry_at = None;
@@ -204,8 +250,8 @@ impl Identity {
                 if let Ok(mut state) = self.jar.lock() {
                     state.generation = generation;
                     state.jar = jar;
+                    self.current.store(Some(session.clone()));
                 }
-                self.current.store(Some(session.clone()));
                 self.logins.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(identity = %self.name, user = %self.username(), generation, "logged in to Creatio");
                 Ok(session)
@@ -225,6 +271,43 @@ impl Identity {
                 let err = self.login_error(&failure, Some(wait));
                 gate.last_error = Some(failure);
                 Err(err)
+            }
+        }
+    }
+
+    /// How long expiry-driven re-logins stay paused, if they are.
+    ///
+    /// A re-login whose replay is refused as "expired" again means a fresh session did not
+    /// help: the answer comes from the endpoint (a service that answers 401 by itself), not
+    /// from an expired session. Logging in again for every such request would open a Creatio
+    /// session per request, so after each such refusal re-logins pause on the login back-off
+    /// schedule; a replay that works ends the pause.
+    pub fn relogin_paused(&self) -> Option<Duration> {
+        let guard = self.relogin.lock().ok()?;
+        let until = guard.until?;
+        let now = Instant::now();
+        (now < until).then(|| until - now)
+    }
+
+    /// Records that a replay after a fresh login was refused again.
+    pub fn replay_refused(&self, ctx: &LoginContext) {
+        if let Ok(mut guard) = self.relogin.lock() {
+            guard.refusals = guard.refusals.saturating_add(1);
+            let wait = backoff_after(guard.refusals, ctx.backoff, ctx.backoff_max);
+            guard.until = Some(Instant::now() + wait);
+            tracing::warn!(
+                identity = %self.name,
+                pause_ms = wait.as_millis() as u64,
+                "Creatio refused a request again right after a fresh login; re-logins for expired answers are paused"
+            );
+        }
+    }
+
+    /// Records that a replay after a fresh login worked.
+    pub fn replay_worked(&self) {
+        if let Ok(mut guard) = self.relogin.lock() {
+            if guard.refusals != 0 || guard.until.is_some() {
+                *guard = ReloginGuard::default();
             }
         }
     }

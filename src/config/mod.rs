@@ -273,8 +273,7 @@ impl Config {
             } else {
                 e.path.join(".")
             };
-            let kind = e.kind.to_string();
-            ConfigError::new(key, kind)
+            ConfigError::new(key, without_source_excerpt(&e.kind.to_string()))
         })?;
         apply_secret_env(&mut file, env);
         if let Some(base) = base {
@@ -518,6 +517,29 @@ impl Config {
     }
 }
 
+/// A TOML syntax error quotes the offending source line, which may be a password line: keep
+/// only the position (first line) and the reason (last line).
+fn without_source_excerpt(message: &str) -> String {
+    let mut lines = message.lines().filter(|l| !l.trim().is_empty());
+    match (lines.next(), lines.next_back()) {
+        (Some(first), Some(last)) => format!("{first}: {}", last.trim()),
+        (Some(first), None) => first.to_string(),
+        _ => message.to_string(),
+    }
+}
+
+/// `scheme://user:password@host/...` with the user information replaced, for messages.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://[redacted]@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// Environment variables figment reads; secret keys are left out here and re-read raw by
 /// [`apply_secret_env`], because figment would parse `0123` as the number 123.
 fn env_provider() -> Env {
@@ -701,7 +723,8 @@ fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
             "missing: give the Creatio application root, e.g. \"https://mycompany.creatio.com\"",
         )
     })?;
-    let bad = |why: &str| ConfigError::new(KEY, format!("\"{v}\" {why}"));
+    let shown = without_userinfo(v);
+    let bad = |why: &str| ConfigError::new(KEY, format!("\"{shown}\" {why}"));
     let uri: Uri = v
         .parse()
         .map_err(|_| bad("is not a URL like \"https://mycompany.creatio.com\""))?;
@@ -915,6 +938,20 @@ mod tests {
             !format!("{c:?}").contains("0123"),
             "Debug output must not show the password"
         );
+    }
+
+    #[test]
+    fn config_errors_never_quote_a_secret() {
+        let err = load(&MINIMAL.replace(
+            "https://example.creatio.com",
+            "https://u:pa55word@example.creatio.com",
+        ))
+        .expect_err("credentials in the URL are refused");
+        assert!(!err.to_string().contains("pa55word"), "{err}");
+        let err = load(&MINIMAL.replace("password = \"pw\"", "password = \"pa55word"))
+            .expect_err("syntax error");
+        assert!(!err.to_string().contains("pa55word"), "{err}");
+        assert!(err.to_string().contains("line"), "{err}");
     }
 
     #[test]

@@ -309,6 +309,16 @@ async fn serve(
                 drain(body).await;
                 return download(parts.uri.query());
             }
+            if service.eq_ignore_ascii_case("UsrDenyService") {
+                // A custom configuration service that answers 401 by itself, whatever the
+                // session: Creatio lets services set their own status. A proxy must not take
+                // this for an expired session forever.
+                drain(body).await;
+                return json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({ "Message": "Denied by UsrDenyService" }),
+                );
+            }
             let bytes = match read_body(body).await {
                 Ok(bytes) => bytes,
                 Err(response) => return response,

@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+
+use crate::pool::PeerBody;
 
 /// A request or response body.
 #[derive(Debug)]
@@ -22,9 +23,9 @@ pub enum ProxyBody {
     /// A complete body held in memory (taken on first poll).
     Full(Option<Bytes>),
     /// A body streamed from a peer.
-    Stream(Incoming),
+    Stream(PeerBody),
     /// Bytes read ahead, then the rest of the stream.
-    Prefixed(VecDeque<Bytes>, Incoming),
+    Prefixed(VecDeque<Bytes>, PeerBody),
 }
 
 impl ProxyBody {
@@ -91,12 +92,12 @@ pub enum ReadAhead {
     /// The body ended within the limit: here it is, whole.
     Complete(Bytes),
     /// The body is longer than the limit: the bytes read so far and the rest of the stream.
-    Partial(VecDeque<Bytes>, Incoming),
+    Partial(VecDeque<Bytes>, PeerBody),
 }
 
 /// Reads `body` until it ends or more than `limit` bytes have arrived. Trailers are dropped
 /// (Creatio uses none).
-pub async fn read_ahead(mut body: Incoming, limit: usize) -> Result<ReadAhead, hyper::Error> {
+pub async fn read_ahead(mut body: PeerBody, limit: usize) -> Result<ReadAhead, hyper::Error> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     loop {

@@ -5,11 +5,11 @@
 
 use crate::config::Config;
 use crate::proxy::Shared;
-use crate::upstream::build_client;
+use crate::upstream::build_upstream;
 
 /// Runs the check; returns the exit code.
 pub async fn check(config: &Config) -> i32 {
-    let client = match build_client(config) {
+    let client = match build_upstream(config) {
         Ok(c) => c,
         Err(e) => {
             println!("FAIL  config: {e}");

@@ -43,8 +43,9 @@ use crate::auth::{Identity, LoginContext, Session};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
 use crate::config::{Config, CreatioUrl, Secret};
 use crate::error::ProxyError;
+use crate::pool::{PeerBody, Upstream, UpstreamError};
 use crate::routes::{apply_ssp, has_dot_segment, RouteDecision, RouteTable};
-use crate::upstream::{remove_hop_by_hop, strip_client_credentials, HttpClient, BPMCSRF_HEADER};
+use crate::upstream::{remove_hop_by_hop, strip_client_credentials, BPMCSRF_HEADER};
 
 /// The request id header, read from clients and set on every answer.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -68,7 +69,7 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state.
-    pub fn new(config: &Config, client: HttpClient) -> Arc<Shared> {
+    pub fn new(config: &Config, client: Upstream) -> Arc<Shared> {
         Arc::new(Shared {
             identities: config
                 .identities
@@ -139,8 +140,10 @@ pub struct Auth<S> {
 
 impl<S> Service<Request<Incoming>> for Auth<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Error: Into<hyper_util::client::legacy::Error>,
+    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<ProxyBody>;
@@ -175,9 +178,9 @@ async fn prepare_body(body: Incoming, limit: usize) -> Result<PreparedBody, Prox
         return Ok(PreparedBody::Replayable(Bytes::new()));
     }
     if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
-        return Ok(PreparedBody::Streaming(ProxyBody::Stream(body)));
+        return Ok(PreparedBody::Streaming(ProxyBody::Stream(body.into())));
     }
-    match read_ahead(body, limit).await {
+    match read_ahead(body.into(), limit).await {
         Ok(ReadAhead::Complete(bytes)) => Ok(PreparedBody::Replayable(bytes)),
         Ok(ReadAhead::Partial(prefix, rest)) => {
             Ok(PreparedBody::Streaming(ProxyBody::Prefixed(prefix, rest)))
@@ -192,8 +195,10 @@ async fn forward<S>(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Error: Into<hyper_util::client::legacy::Error>,
+    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     let decision = req
@@ -330,10 +335,9 @@ async fn send<S>(
     body: ProxyBody,
     timeout: Duration,
     target: &str,
-) -> Result<Response<Incoming>, ProxyError>
+) -> Result<Response<PeerBody>, ProxyError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<Incoming>>,
-    S::Error: Into<hyper_util::client::legacy::Error>,
+    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>,
 {
     if let Some(cookie) = &session.cookie {
         headers.insert(header::COOKIE, cookie.clone());
@@ -346,12 +350,9 @@ where
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    let unreachable = |e: S::Error| {
-        let e: hyper_util::client::legacy::Error = e.into();
-        ProxyError::Unreachable {
-            target: target.to_string(),
-            cause: crate::auth::describe_client_error(&e),
-        }
+    let unreachable = |e: UpstreamError| ProxyError::Unreachable {
+        target: target.to_string(),
+        cause: e.to_string(),
     };
     let svc = inner.ready().await.map_err(unreachable)?;
     match tokio::time::timeout(timeout, svc.call(req)).await {
@@ -361,6 +362,8 @@ where
     }
 }
 
+// The `Pass` variant is a response head (~200 bytes) that is returned at once, never stored.
+#[allow(clippy::large_enum_variant)]
 enum Inspected {
     Pass(Response<ProxyBody>),
     Expired,
@@ -368,7 +371,7 @@ enum Inspected {
 
 /// Decides whether an answer means "session expired"; reads at most the first 4 KB of an
 /// HTML answer, and gives those bytes back to the body otherwise.
-async fn inspect(response: Response<Incoming>, timeout: Duration) -> Result<Inspected, ProxyError> {
+async fn inspect(response: Response<PeerBody>, timeout: Duration) -> Result<Inspected, ProxyError> {
     match classify(response.status(), response.headers()) {
         Verdict::Pass => Ok(Inspected::Pass(response.map(ProxyBody::Stream))),
         Verdict::Expired => Ok(Inspected::Expired),
@@ -490,7 +493,7 @@ pub struct Gateway<S> {
 }
 
 /// The full stack for `shared` over `client`.
-pub fn stack(shared: Arc<Shared>, client: HttpClient) -> Gateway<Auth<HttpClient>> {
+pub fn stack(shared: Arc<Shared>, client: Upstream) -> Gateway<Auth<Upstream>> {
     Gateway {
         inner: AuthLayer::new(shared.clone()).layer(client),
         shared,
@@ -551,19 +554,17 @@ where
             response
                 .headers_mut()
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
-            tracing::info!(
-                target: "creatio_proxy::access",
-                request_id = request_id.to_str().unwrap_or(""),
-                method = %method,
-                path = %path,
-                route = route.as_deref().unwrap_or("-"),
-                identity = identity.as_deref().unwrap_or("-"),
-                status = response.status().as_u16(),
-                upstream_status = outcome.map_or(0, |o| o.upstream_status),
-                relogin = outcome.is_some_and(|o| o.relogin),
-                latency_us = started.elapsed().as_micros() as u64,
-                "request"
-            );
+            crate::telemetry::access(&crate::telemetry::Access {
+                request_id: request_id.to_str().unwrap_or(""),
+                method: method.as_str(),
+                path: &path,
+                route: route.as_deref().unwrap_or("-"),
+                identity: identity.as_deref().unwrap_or("-"),
+                status: response.status().as_u16(),
+                upstream_status: outcome.map_or(0, |o| o.upstream_status),
+                relogin: outcome.is_some_and(|o| o.relogin),
+                latency_us: started.elapsed().as_micros() as u64,
+            });
             Ok(response)
         })
     }

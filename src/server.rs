@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::body::ProxyBody;
 use crate::config::{Config, IpBlock};
 use crate::proxy::{stack, Shared};
-use crate::upstream::{build_client, ClientError};
+use crate::upstream::{build_upstream, ClientError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
-    client: crate::upstream::HttpClient,
+    client: crate::pool::Upstream,
     allowed: Arc<[IpBlock]>,
     grace: Duration,
 }
@@ -56,7 +56,7 @@ pub struct Server {
 impl Server {
     /// Binds the listeners of `config`.
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
-        let client = build_client(config)?;
+        let client = build_upstream(config)?;
         let shared = Shared::new(config, client.clone());
         let listener =
             TcpListener::bind(config.listen)

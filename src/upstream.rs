@@ -2,8 +2,8 @@
 //! applied to everything that crosses the proxy.
 //!
 //! - TLS certificates are always verified, against the webpki roots plus `creatio.ca_file`.
-//! - Connections are pooled and reused (keep-alive, TCP_NODELAY); the pool has no size cap,
-//!   so concurrency to Creatio follows the clients' concurrency.
+//! - Connections are pooled and reused (keep-alive, TCP_NODELAY; see [`crate::pool`]);
+//!   concurrency to Creatio follows the clients' concurrency.
 //! - Redirects are never followed: a 302 is Creatio's answer and is either a session expiry
 //!   (handled by the auth layer) or passed to the client as is.
 
@@ -11,18 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use crate::body::ProxyBody;
 use crate::config::Config;
-
-/// The pooled client every request to Creatio goes through.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+use crate::pool::Upstream;
+use http::Uri;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +30,8 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the pooled client for `config`.
-pub fn build_client(config: &Config) -> Result<HttpClient, ClientError> {
+/// Builds the connection pool to Creatio for `config`.
+pub fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &config.ca_file {
@@ -74,10 +69,13 @@ pub fn build_client(config: &Config) -> Result<HttpClient, ClientError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https))
+    let origin = Uri::builder()
+        .scheme(config.creatio.scheme.clone())
+        .authority(config.creatio.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| ClientError::CaFile(format!("creatio.url: {e}")))?;
+    Ok(Upstream::new(https, origin))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
@@ -93,7 +91,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+///
+/// One pass over the names first: most messages carry none of these headers, and a scan is
+/// much cheaper than a hashed lookup per listed header.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let any = headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE);
+    if !any {
+        return;
+    }
     if let Some(named) = connection_named(headers) {
         for name in named {
             headers.remove(name);
@@ -125,10 +132,22 @@ pub static BPMCSRF_HEADER: HeaderName = HeaderName::from_static("bpmcsrf");
 /// `Authorization`, `X-Api-Key`), `Set-Cookie` lines some ESBs send back as request headers,
 /// and `Host` (the upstream's is set from the URL).
 pub fn strip_client_credentials(headers: &mut HeaderMap) {
+    let x_api_key = HeaderName::from_static("x-api-key");
+    let any = headers.keys().any(|k| {
+        k == header::COOKIE
+            || k == BPMCSRF_HEADER
+            || k == header::AUTHORIZATION
+            || k == x_api_key
+            || k == header::SET_COOKIE
+            || k == header::HOST
+    });
+    if !any {
+        return;
+    }
     headers.remove(header::COOKIE);
     headers.remove(&BPMCSRF_HEADER);
     headers.remove(header::AUTHORIZATION);
-    headers.remove(HeaderName::from_static("x-api-key"));
+    headers.remove(x_api_key);
     headers.remove(header::SET_COOKIE);
     headers.remove(header::HOST);
 }

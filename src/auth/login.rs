@@ -94,7 +94,7 @@ pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, 
         Ok(Err(e)) => {
             return Err(LoginFailure::Unreachable {
                 target,
-                cause: describe_client_error(&e),
+                cause: e.to_string(),
             })
         }
         Ok(Ok(r)) => r,
@@ -175,7 +175,7 @@ pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, 
     Ok(jar)
 }
 
-async fn read_limited(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
+async fn read_limited(mut body: crate::pool::PeerBody) -> Result<Vec<u8>, hyper::Error> {
     let mut chunks: VecDeque<bytes::Bytes> = VecDeque::new();
     let mut total = 0;
     while let Some(frame) = body.frame().await {
@@ -188,19 +188,4 @@ async fn read_limited(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper:
         }
     }
     Ok(crate::body::concat(chunks, total).to_vec())
-}
-
-/// A one-line description of a client error, following its source chain (DNS, refused, TLS).
-pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error as _;
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }

@@ -29,10 +29,10 @@ use tokio::time::Instant;
 
 use crate::config::{Config, CreatioUrl, IdentityConfig, LoginConfig};
 use crate::error::ProxyError;
-use crate::upstream::HttpClient;
+use crate::pool::Upstream;
 
 pub use jar::Jar;
-pub use login::{describe_client_error, LoginFailure};
+pub use login::LoginFailure;
 
 /// One logged-in session, as requests see it.
 pub struct Session {
@@ -58,8 +58,8 @@ impl std::fmt::Debug for Session {
 /// Settings every login shares.
 #[derive(Clone)]
 pub struct LoginContext {
-    /// The pooled client.
-    pub client: HttpClient,
+    /// The connection pool.
+    pub client: Upstream,
     /// Where Creatio is.
     pub creatio: CreatioUrl,
     /// How long one login may take.
@@ -72,7 +72,7 @@ pub struct LoginContext {
 
 impl LoginContext {
     /// Builds the context from a config and a client.
-    pub fn new(config: &Config, client: HttpClient) -> Self {
+    pub fn new(config: &Config, client: Upstream) -> Self {
         LoginContext {
             client,
             creatio: config.creatio.clone(),

@@ -1,0 +1,385 @@
+//! The connection pool to Creatio: HTTP/1.1 keep-alive connections, reused last-in first-out.
+//!
+//! All requests go to one origin (`creatio.url`), so the pool is a plain list of idle
+//! connections rather than hyper-util's general client (a map of origins, a boxed future and a
+//! channel hop per request, which cost several per cent of a small request's CPU).
+//!
+//! Rules:
+//! 1. A connection is idle once the answer it carried has been read to the end; the answer's
+//!    body ([`PeerBody`]) hands it back then. An answer abandoned half-way closes it.
+//! 2. A request goes out on the most recently idled connection that is still open; when there
+//!    is none, on a new one (TCP, then TLS when the URL is https).
+//! 3. A pooled connection may have been closed by Creatio in the meantime. When hyper gives the
+//!    request back unsent, it is sent again on another connection; once any byte of it may
+//!    have been written, it is never sent again (the caller sees the error).
+//! 4. At most [`MAX_IDLE`] idle connections are kept; more are closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower::{Service, ServiceExt};
+
+use crate::body::ProxyBody;
+
+/// Idle connections kept at most.
+pub const MAX_IDLE: usize = 1024;
+
+/// How often a request whose pooled connection turned out closed is tried on another one.
+const STALE_RETRIES: usize = 8;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure to get an answer from Creatio.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP or TLS connection failed.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The exchange failed after the connection was made.
+    #[error("{0}")]
+    Exchange(String),
+}
+
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    origin: Uri,
+    /// `Host` for every request: Creatio's authority.
+    host: HeaderValue,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+}
+
+/// A handle on the pool; cheap to clone. Implements `tower::Service`.
+#[derive(Clone)]
+pub struct Upstream {
+    pool: Arc<Pool>,
+}
+
+impl Upstream {
+    /// A pool of connections to `origin` (scheme and authority) made by `connector`.
+    pub fn new(connector: HttpsConnector<HttpConnector>, origin: Uri) -> Self {
+        let host = origin
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        Upstream {
+            pool: Arc::new(Pool {
+                connector,
+                origin,
+                host,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Sends one request and returns Creatio's answer head; the body streams. The request's
+    /// URI may be absolute; it is sent in origin form with Creatio's `Host`.
+    pub async fn request(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<PeerBody>, UpstreamError> {
+        if req.uri().scheme().is_some() {
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path_and_query);
+        }
+        req.headers_mut()
+            .insert(header::HOST, self.pool.host.clone());
+        for _ in 0..STALE_RETRIES {
+            let Some(mut sender) = self.checkout() else {
+                break;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.wrap(response, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send on another connection.
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Exchange(describe(e.error()))),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(self.wrap(response, sender)),
+            Err(e) => Err(UpstreamError::Exchange(describe(e.error()))),
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.pool.idle.lock().ok()?;
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.pool.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
+    }
+
+    fn wrap(
+        &self,
+        response: Response<Incoming>,
+        sender: SendRequest<ProxyBody>,
+    ) -> Response<PeerBody> {
+        response.map(|body| {
+            if body.is_end_stream() {
+                self.give_back(sender);
+                PeerBody::new(body)
+            } else {
+                PeerBody {
+                    inner: body,
+                    release: Some(Release {
+                        upstream: self.clone(),
+                        sender,
+                    }),
+                }
+            }
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let io = self
+            .pool
+            .connector
+            .clone()
+            .oneshot(self.pool.origin.clone())
+            .await
+            .map_err(|e: BoxError| UpstreamError::Connect(describe(e.as_ref())))?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(describe(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("Creatio connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Service<Request<ProxyBody>> for Upstream {
+    type Response = Response<PeerBody>;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<PeerBody>, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let upstream = self.clone();
+        Box::pin(async move { upstream.request(req).await })
+    }
+}
+
+/// Hands a connection back to the pool.
+struct Release {
+    upstream: Upstream,
+    sender: SendRequest<ProxyBody>,
+}
+
+/// A body streamed from a peer: Creatio's answer (which returns its connection to the pool
+/// when read to the end) or a client's request body.
+#[derive(Debug)]
+pub struct PeerBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Release")
+    }
+}
+
+impl PeerBody {
+    /// A body that returns no connection anywhere.
+    pub fn new(inner: Incoming) -> Self {
+        PeerBody {
+            inner,
+            release: None,
+        }
+    }
+}
+
+impl From<Incoming> for PeerBody {
+    fn from(inner: Incoming) -> Self {
+        PeerBody::new(inner)
+    }
+}
+
+impl Body for PeerBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = this.release.take() {
+                    r.upstream.give_back(r.sender);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.release = None,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some(r) = this.release.take() {
+                    r.upstream.give_back(r.sender);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+
+    /// A server on 127.0.0.1:0 that counts connections; `keep_alive = false` closes each
+    /// connection after one answer. `/big` answers 1 MiB.
+    async fn server(keep_alive: bool) -> (Uri, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = if req.uri().path() == "/big" {
+                            Bytes::from(vec![7u8; 1 << 20])
+                        } else {
+                            Bytes::from_static(b"ok")
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().keep_alive(keep_alive);
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        (format!("http://{addr}/").parse().expect("uri"), connections)
+    }
+
+    fn upstream(origin: Uri) -> Upstream {
+        let config = crate::config::Config::from_toml_str(&format!(
+            "[creatio]\nurl = \"{}\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+            origin.to_string().trim_end_matches('/')
+        ))
+        .expect("config");
+        crate::upstream::build_upstream(&config).expect("pool")
+    }
+
+    async fn get(up: &Upstream, path: &str) -> (u16, usize) {
+        let req = Request::get(path).body(ProxyBody::Empty).expect("request");
+        let resp = up.request(req).await.expect("answer");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, body.len())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        for _ in 0..50 {
+            assert_eq!(get(&up, "/x").await, (200, 2));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_closed_by_the_peer_are_replaced_without_failing_requests() {
+        let (origin, connections) = server(false).await;
+        let up = upstream(origin);
+        for _ in 0..20 {
+            assert_eq!(get(&up, "/x").await, (200, 2));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_answer_does_not_return_its_connection() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        let req = Request::get("/big")
+            .body(ProxyBody::Empty)
+            .expect("request");
+        let resp = up.request(req).await.expect("answer");
+        drop(resp);
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the half-read connection was not reused"
+        );
+        assert_eq!(get(&up, "/big").await, (200, 1 << 20));
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "a fully read answer returns its connection"
+        );
+    }
+}

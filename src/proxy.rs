@@ -247,38 +247,64 @@ where
         target,
     )
     .await?;
-    let response = match inspect(response, shared.upstream_timeout).await? {
-        Inspected::Pass(response) => {
-            return Ok(finish(response, &identity, session.generation, false));
-        }
+    match inspect(response, shared.upstream_timeout).await? {
+        Inspected::Pass(response) => Ok(finish(response, &identity, session.generation, false)),
         Inspected::Expired => {
-            if let Some(wait) = identity.relogin_paused() {
-                return Err(ProxyError::ReloginPaused {
-                    identity: identity.name().to_string(),
-                    retry_after: wait,
-                });
-            }
-            let fresh = identity
-                .renew(&shared.login, Some(session.generation))
-                .await?;
-            let (Some(bytes), Some(headers)) = (replay, spare_headers) else {
-                return Err(ProxyError::ExpiredDuringUpload);
-            };
-            let response = send(
-                &mut inner,
-                &parts.method,
+            // The rare path is boxed so the common path's future stays small (it is moved
+            // into a box on every request).
+            Box::pin(recover(
+                inner,
+                shared,
+                identity,
+                session.generation,
+                parts.method,
                 uri,
-                headers,
-                &fresh,
-                ProxyBody::full(bytes),
-                shared.upstream_timeout,
-                target,
-            )
-            .await?;
-            (response, fresh)
+                replay.zip(spare_headers),
+            ))
+            .await
         }
+    }
+}
+
+/// After an expired-session answer: renew the session (or take the one another request just
+/// made) and replay the request once, if its body was kept.
+async fn recover<S>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
+    stale: u64,
+    method: Method,
+    uri: Uri,
+    replay: Option<(Bytes, HeaderMap)>,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    if let Some(wait) = identity.relogin_paused() {
+        return Err(ProxyError::ReloginPaused {
+            identity: identity.name().to_string(),
+            retry_after: wait,
+        });
+    }
+    let fresh = identity.renew(&shared.login, Some(stale)).await?;
+    let Some((bytes, headers)) = replay else {
+        return Err(ProxyError::ExpiredDuringUpload);
     };
-    let (response, fresh) = response;
+    let response = send(
+        &mut inner,
+        &method,
+        uri,
+        headers,
+        &fresh,
+        ProxyBody::full(bytes),
+        shared.upstream_timeout,
+        &shared.target,
+    )
+    .await?;
     match inspect(response, shared.upstream_timeout).await? {
         Inspected::Pass(response) => {
             identity.replay_worked();

@@ -112,7 +112,7 @@ fn write_access(out: &mut Vec<u8>, format: LogFormat, r: &Access<'_>, now: std::
         LogFormat::Text => writeln!(
             out,
             "{ts}  INFO request request_id={:?} method={} path={} route={:?} identity={:?} status={} upstream_status={} relogin={} latency_us={}",
-            r.request_id, r.method, r.path.escape_debug(), r.route, r.identity, r.status, r.upstream_status, r.relogin, r.latency_us
+            r.request_id, r.method, Plain(r.path), r.route, r.identity, r.status, r.upstream_status, r.relogin, r.latency_us
         ),
         LogFormat::Json => {
             let _ = write!(out, "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
@@ -132,6 +132,19 @@ fn write_access(out: &mut Vec<u8>, format: LogFormat, r: &Access<'_>, now: std::
             )
         }
     };
+}
+
+/// Displays a string as is when it has nothing to escape (the usual path), else escaped.
+struct Plain<'a>(&'a str);
+
+impl std::fmt::Display for Plain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.bytes().all(|b| b.is_ascii_graphic()) {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{}", self.0.escape_debug())
+        }
+    }
 }
 
 /// Appends `s` as a JSON string.

@@ -106,6 +106,27 @@ pub struct Outcome {
     pub relogin: bool,
 }
 
+/// What [`Auth`] forwards through: the connection pool, or a stand-in with the same shape.
+pub trait UpstreamService:
+    Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> UpstreamService for S where
+    S: Service<
+            Request<ProxyBody>,
+            Response = Response<PeerBody>,
+            Error = UpstreamError,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 // === impl AuthLayer ===
 
 /// Wraps the client with Creatio session handling.
@@ -140,11 +161,7 @@ pub struct Auth<S> {
 
 impl<S> Service<Request<Incoming>> for Auth<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: UpstreamService,
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
@@ -195,11 +212,7 @@ async fn forward<S>(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: UpstreamService,
 {
     let decision = req
         .extensions()
@@ -278,11 +291,7 @@ async fn recover<S>(
     replay: Option<(Bytes, HeaderMap)>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: UpstreamService,
 {
     if let Some(wait) = identity.relogin_paused() {
         return Err(ProxyError::ReloginPaused {

@@ -223,19 +223,24 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_says_ok_or_what_is_wrong_per_identity() {
-    let emu = emulator(options()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(&dir, &config(&emu, "text"));
-    let out = tokio::task::spawn_blocking(move || {
+/// Runs `creatio-proxy check --config PATH` off the async runtime (the emulator keeps serving).
+async fn run_check(path: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         Command::new(BIN)
             .args(["check", "--config", &path])
             .output()
     })
     .await
     .expect("join")
-    .expect("runs");
+    .expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_ok_or_what_is_wrong_per_identity() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(&dir, &config(&emu, "text"));
+    let out = run_check(path).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -258,14 +263,7 @@ async fn check_says_ok_or_what_is_wrong_per_identity() {
 
     let fixed = config(&emu, "text").replace(WRONG_PORTAL_PASSWORD, "portal-pass");
     let path = write_config(&dir, &fixed);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["check", "--config", &path])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs");
+    let out = run_check(path).await;
     assert_eq!(
         out.status.code(),
         Some(0),

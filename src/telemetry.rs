@@ -93,29 +93,92 @@ pub fn access(record: &Access<'_>) {
     let Some(&(format, batched)) = ACCESS_OUTPUT.get() else {
         return;
     };
-    let mut line = Vec::with_capacity(320);
-    write_access(&mut line, format, record, std::time::SystemTime::now());
+    let now = std::time::SystemTime::now();
     if batched {
-        let mut writer = LineWriter::Batched {
-            batch: batch(),
-            urgent: false,
+        // Formatted straight into the batch: no allocation per line.
+        let batch = batch();
+        let full = match batch.buffer.lock() {
+            Ok(mut buf) => {
+                write_access(&mut buf, format, record, now);
+                buf.len() >= BATCH_LIMIT
+            }
+            Err(_) => false,
         };
-        let _ = writer.write_all(&line);
+        if full {
+            batch.flush();
+        }
     } else {
+        let mut line = Vec::with_capacity(320);
+        write_access(&mut line, format, record, now);
         let _ = std::io::stderr().write_all(&line);
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` of the current second, computed once per second per thread.
+fn push_timestamp(out: &mut Vec<u8>, now: std::time::SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, micros) = (since.as_secs(), since.subsec_micros());
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string();
+            let bytes = text.as_bytes();
+            if bytes.len() >= 19 {
+                cached.1.copy_from_slice(&bytes[..19]);
+                cached.0 = secs;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    let _ = write!(out, ".{micros:06}Z");
+}
+
+/// Appends `"s"` (with Rust-style escapes only when needed), as the tracing formatter quotes
+/// string fields.
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
 fn write_access(out: &mut Vec<u8>, format: LogFormat, r: &Access<'_>, now: std::time::SystemTime) {
-    let ts = humantime::format_rfc3339_micros(now);
-    let _ = match format {
-        LogFormat::Text => writeln!(
-            out,
-            "{ts}  INFO request request_id={:?} method={} path={} route={:?} identity={:?} status={} upstream_status={} relogin={} latency_us={}",
-            r.request_id, r.method, Plain(r.path), r.route, r.identity, r.status, r.upstream_status, r.relogin, r.latency_us
-        ),
+    match format {
+        LogFormat::Text => {
+            push_timestamp(out, now);
+            out.extend_from_slice(b"  INFO request request_id=");
+            push_quoted(out, r.request_id);
+            out.extend_from_slice(b" method=");
+            out.extend_from_slice(r.method.as_bytes());
+            let _ = write!(out, " path={}", Plain(r.path));
+            out.extend_from_slice(b" route=");
+            push_quoted(out, r.route);
+            out.extend_from_slice(b" identity=");
+            push_quoted(out, r.identity);
+            let _ = writeln!(
+                out,
+                " status={} upstream_status={} relogin={} latency_us={}",
+                r.status, r.upstream_status, r.relogin, r.latency_us
+            );
+        }
         LogFormat::Json => {
-            let _ = write!(out, "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(out, now);
+            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
             json_str(out, r.request_id);
             out.extend_from_slice(b",\"method\":");
             json_str(out, r.method);
@@ -125,13 +188,13 @@ fn write_access(out: &mut Vec<u8>, format: LogFormat, r: &Access<'_>, now: std::
             json_str(out, r.route);
             out.extend_from_slice(b",\"identity\":");
             json_str(out, r.identity);
-            writeln!(
+            let _ = writeln!(
                 out,
                 ",\"status\":{},\"upstream_status\":{},\"relogin\":{},\"latency_us\":{}}}",
                 r.status, r.upstream_status, r.relogin, r.latency_us
-            )
+            );
         }
-    };
+    }
 }
 
 /// Displays a string as is when it has nothing to escape (the usual path), else escaped.
@@ -310,6 +373,27 @@ mod tests {
         assert_eq!(v["latency_us"], 321);
         assert_eq!(v["identity"], "default");
         assert_eq!(v["message"], "request");
+    }
+
+    #[test]
+    fn timestamps_and_quoting_match_the_tracing_formatter() {
+        let mut out = Vec::new();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_795_000_000_123_456);
+        push_timestamp(&mut out, t);
+        push_timestamp(&mut out, t + std::time::Duration::from_secs(1));
+        let want = format!(
+            "{}{}",
+            humantime::format_rfc3339_micros(t),
+            humantime::format_rfc3339_micros(t + std::time::Duration::from_secs(1))
+        );
+        assert_eq!(String::from_utf8(out).expect("utf-8"), want);
+        let mut out = Vec::new();
+        push_quoted(&mut out, "plain");
+        push_quoted(&mut out, "with \"quote\"");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "\"plain\"\"with \\\"quote\\\"\""
+        );
     }
 
     #[test]

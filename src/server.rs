@@ -114,6 +114,10 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
+            // A client may shut down its sending side once the request is out (nc, some
+            // scripts). Without this, hyper would cancel the request at that EOF: a POST
+            // already forwarded to Creatio would run and the client would never hear of it.
+            .half_close(true)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);

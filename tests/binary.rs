@@ -318,3 +318,38 @@ fn demo_shows_the_proxy_working() {
     assert!(stdout.contains("Supervisor 1, portal.user 1"), "{stdout}");
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_override_the_file() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The file's creatio.url points nowhere and both passwords are wrong; the environment
+    // fixes all three, including a secret of a nested identity and a leading zero.
+    let text = config(&emu, "text")
+        .replace(&emu.url(), "http://127.0.0.1:9")
+        .replace(PASSWORD, "wrong-in-file");
+    let path = write_config(&dir, &text);
+    emu.set_password("portal.user", "0123");
+    let url = emu.url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--config", &path])
+            .env("CREATIO_PROXY_CREATIO__URL", url)
+            .env("CREATIO_PROXY_AUTH__PASSWORD", PASSWORD)
+            .env("CREATIO_PROXY_IDENTITIES__PORTAL__PASSWORD", "0123")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("OK    default") && stdout.contains("OK    portal"),
+        "{stdout}"
+    );
+    assert_eq!(
+        (emu.logins("Supervisor"), emu.logins("portal.user")),
+        (1, 1)
+    );
+}

@@ -12,12 +12,21 @@
 //! 3. A pooled connection may have been closed by Creatio in the meantime. When hyper gives the
 //!    request back unsent, it is sent again on another connection; once any byte of it may
 //!    have been written, it is never sent again (the caller sees the error).
-//! 4. At most [`MAX_IDLE`] idle connections are kept; more are closed.
+//! 4. At most [`MAX_IDLE`] idle connections are kept; more are closed. A connection idle for
+//!    longer than [`IDLE_LIMIT`] is closed rather than used: servers and load balancers drop
+//!    idle connections (IIS after 120 s, cloud load balancers after a few minutes), and a
+//!    request written into a connection that is being closed cannot be safely re-sent.
+//! 5. A connection that carried a streamed (unbuffered) request body is not pooled: Creatio may
+//!    answer before the upload ends, and the next request would wait behind it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri};
@@ -32,6 +41,9 @@ use crate::body::ProxyBody;
 
 /// Idle connections kept at most.
 pub const MAX_IDLE: usize = 1024;
+
+/// Longest time a connection may sit idle and still be used.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(55);
 
 /// How often a request whose pooled connection turned out closed is tried on another one.
 const STALE_RETRIES: usize = 8;
@@ -67,7 +79,8 @@ struct Pool {
     origin: Uri,
     /// `Host` for every request: Creatio's authority.
     host: HeaderValue,
-    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Idle connections with the time each became idle; newest at the back.
+    idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
 }
 
 /// A handle on the pool; cheap to clone. Implements `tower::Service`.
@@ -88,7 +101,7 @@ impl Upstream {
                 connector,
                 origin,
                 host,
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -109,6 +122,7 @@ impl Upstream {
         }
         req.headers_mut()
             .insert(header::HOST, self.pool.host.clone());
+        let reusable = matches!(req.body(), ProxyBody::Empty | ProxyBody::Full(_));
         for _ in 0..STALE_RETRIES {
             let Some(mut sender) = self.checkout() else {
                 break;
@@ -117,7 +131,7 @@ impl Upstream {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
+                Ok(response) => return Ok(self.wrap(response, sender, reusable)),
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection.
                     Some(unsent) => req = unsent,
@@ -127,15 +141,15 @@ impl Upstream {
         }
         let mut sender = self.connect().await?;
         match sender.try_send_request(req).await {
-            Ok(response) => Ok(self.wrap(response, sender)),
+            Ok(response) => Ok(self.wrap(response, sender, reusable)),
             Err(e) => Err(UpstreamError::Exchange(describe(e.error()))),
         }
     }
 
     fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.pool.idle.lock().ok()?;
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
+        while let Some((sender, since)) = idle.pop_back() {
+            if !sender.is_closed() && since.elapsed() < IDLE_LIMIT {
                 return Some(sender);
             }
         }
@@ -147,8 +161,15 @@ impl Upstream {
             return;
         }
         if let Ok(mut idle) = self.pool.idle.lock() {
+            // Close the connections that have been idle too long (the oldest are at the front).
+            while idle
+                .front()
+                .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= IDLE_LIMIT)
+            {
+                idle.pop_front();
+            }
             if idle.len() < MAX_IDLE {
-                idle.push(sender);
+                idle.push_back((sender, Instant::now()));
             }
         }
     }
@@ -157,9 +178,13 @@ impl Upstream {
         &self,
         response: Response<Incoming>,
         sender: SendRequest<ProxyBody>,
+        reusable: bool,
     ) -> Response<PeerBody> {
         response.map(|body| {
-            if body.is_end_stream() {
+            if !reusable {
+                // Dropping the sender lets the connection close once this exchange is over.
+                PeerBody::new(body)
+            } else if body.is_end_stream() {
                 self.give_back(sender);
                 PeerBody::new(body)
             } else {
@@ -357,6 +382,86 @@ mod tests {
             assert_eq!(get(&up, "/x").await, (200, 2));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_not_used() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        tokio::time::pause();
+        tokio::time::advance(IDLE_LIMIT + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the stale connection was replaced"
+        );
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the new one is reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_carried_a_streamed_upload_is_not_pooled() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        // A streamed request body: a real client connection's body, relayed by a local server.
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let relay_addr = relay.local_addr().expect("addr");
+        let relayed = up.clone();
+        tokio::spawn(async move {
+            let Ok((stream, _)) = relay.accept().await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let up = relayed.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let req = Request::from_parts(parts, ProxyBody::Stream(body.into()));
+                    let resp = up.request(req).await.expect("answer");
+                    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes)))
+                }
+            });
+            let _ = http1_server()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let resp = client
+            .request(
+                Request::post(format!("http://{relay_addr}/x"))
+                    .body(Full::new(Bytes::from_static(b"payload")))
+                    .expect("request"),
+            )
+            .await
+            .expect("relay answers");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the upload's connection was not reused"
+        );
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "a buffered request's connection is"
+        );
+    }
+
+    fn http1_server() -> hyper::server::conn::http1::Builder {
+        hyper::server::conn::http1::Builder::new()
     }
 
     #[tokio::test]

@@ -189,7 +189,11 @@ enum PreparedBody {
     Streaming(ProxyBody),
 }
 
-async fn prepare_body(body: Incoming, limit: usize) -> Result<PreparedBody, ProxyError> {
+async fn prepare_body(
+    body: Incoming,
+    limit: usize,
+    deadline: Duration,
+) -> Result<PreparedBody, ProxyError> {
     use http_body::Body as _;
     if body.is_end_stream() {
         return Ok(PreparedBody::Replayable(Bytes::new()));
@@ -197,12 +201,16 @@ async fn prepare_body(body: Incoming, limit: usize) -> Result<PreparedBody, Prox
     if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
         return Ok(PreparedBody::Streaming(ProxyBody::Stream(body.into())));
     }
-    match read_ahead(body.into(), limit).await {
-        Ok(ReadAhead::Complete(bytes)) => Ok(PreparedBody::Replayable(bytes)),
-        Ok(ReadAhead::Partial(prefix, rest)) => {
+    // A client that announces a body and then stalls must not hold the request forever.
+    match tokio::time::timeout(deadline, read_ahead(body.into(), limit)).await {
+        Err(_) => Err(ProxyError::ClientBody(format!(
+            "the body did not arrive within {deadline:?}"
+        ))),
+        Ok(Ok(ReadAhead::Complete(bytes))) => Ok(PreparedBody::Replayable(bytes)),
+        Ok(Ok(ReadAhead::Partial(prefix, rest))) => {
             Ok(PreparedBody::Streaming(ProxyBody::Prefixed(prefix, rest)))
         }
-        Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+        Ok(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
     }
 }
 
@@ -240,7 +248,7 @@ where
     remove_hop_by_hop(&mut parts.headers);
     strip_client_credentials(&mut parts.headers);
 
-    let body = prepare_body(body, shared.replay_limit).await?;
+    let body = prepare_body(body, shared.replay_limit, shared.upstream_timeout).await?;
     let session = identity.session(&shared.login).await?;
     let target = &shared.target;
 

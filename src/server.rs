@@ -114,16 +114,20 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
-            // A client may shut down its sending side once the request is out (nc, some
-            // scripts). Without this, hyper would cancel the request at that EOF: a POST
-            // already forwarded to Creatio would run and the client would never hear of it.
-            .half_close(true)
+            // half_close stays off (hyper's default): a client that shuts down its sending side
+            // is treated as gone, as nginx does. With it on, hyper stops watching the socket
+            // during a request and cannot notice a client that hung up, so abandoned requests
+            // would hold their Creatio connection until upstream_timeout.
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         if let Some(admin) = self.admin {
-            tokio::spawn(serve_admin(admin, self.shared.clone()));
+            tokio::spawn(serve_admin(
+                admin,
+                self.shared.clone(),
+                self.allowed.clone(),
+            ));
         }
         tokio::pin!(shutdown);
         loop {
@@ -139,8 +143,8 @@ impl Server {
                             continue;
                         }
                     };
-                    if !self.allowed.is_empty() && !self.allowed.iter().any(|b| b.contains(peer.ip())) {
-                        tracing::warn!(%peer, "connection refused: address not in server.allowed_clients");
+                    if !is_allowed(&self.allowed, peer) {
+                        tracing::debug!(%peer, "connection refused: address not in server.allowed_clients");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -177,10 +181,15 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+fn is_allowed(allowed: &[IpBlock], peer: SocketAddr) -> bool {
+    allowed.is_empty() || allowed.iter().any(|b| b.contains(peer.ip()))
+}
+
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, allowed: Arc<[IpBlock]>) {
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, peer)) if is_allowed(&allowed, peer) => stream,
+            Ok(_) => continue,
             Err(e) => {
                 if !is_transient(&e) {
                     // e.g. out of file descriptors: do not spin.
@@ -199,9 +208,12 @@ async fn serve_admin_conn(stream: TcpStream, shared: Arc<Shared>) {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(admin_answer(&req, &shared)) }
     });
-    let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
 /// `/healthz`: the process runs. `/readyz`: every identity holds a session (else 503 naming

@@ -231,12 +231,17 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 struct Batch {
     buffer: Mutex<Vec<u8>>,
+    /// Held from taking a batch until it is written, so batches reach stderr in order.
+    writing: Mutex<()>,
 }
 
 impl Batch {
     fn flush(&self) {
+        let _order = self.writing.lock();
         let pending = match self.buffer.lock() {
-            Ok(mut buf) if !buf.is_empty() => std::mem::take(&mut *buf),
+            Ok(mut buf) if !buf.is_empty() => {
+                std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_LIMIT * 2))
+            }
             _ => return,
         };
         let _ = std::io::stderr().lock().write_all(&pending);
@@ -254,6 +259,7 @@ fn batch() -> &'static Batch {
             });
         Batch {
             buffer: Mutex::new(Vec::with_capacity(BATCH_LIMIT * 2)),
+            writing: Mutex::new(()),
         }
     })
 }

@@ -31,17 +31,31 @@ pub async fn check(config: &Config) -> i32 {
     let mut failed = 0;
     for identity in &shared.identities {
         match identity.renew(shared.login_context(), None).await {
-            Ok(_) => println!(
-                "OK    {} (user {}): logged in",
-                identity.name(),
-                identity.username()
-            ),
+            Ok(session) => match session.expires_in() {
+                None => println!(
+                    "OK    {} ({}): logged in",
+                    identity.name(),
+                    identity.principal()
+                ),
+                Some(left) => println!(
+                    "OK    {} ({}): got a token, usable for {} s",
+                    identity.name(),
+                    identity.principal(),
+                    left.as_secs()
+                ),
+            },
             Err(e) => {
                 failed += 1;
+                let diagnosis = match &e {
+                    crate::error::ProxyError::LoginFailed { failure, .. } => {
+                        failure.diagnosis.code()
+                    }
+                    _ => e.code(),
+                };
                 println!(
-                    "FAIL  {} (user {}): {e}",
+                    "FAIL  {} ({}): [{diagnosis}] {e}",
                     identity.name(),
-                    identity.username()
+                    identity.principal()
                 );
             }
         }

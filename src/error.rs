@@ -1,7 +1,7 @@
 //! Errors the proxy answers itself, and how each becomes an HTTP response.
 //!
 //! Every proxy-made answer is JSON `{"error": "<code>", "message": "...", "request_id": "..."}`
-//! (login failures add `identity` and `retry_after_seconds`). The status follows where the
+//! (login failures add `identity`, `diagnosis` and `retry_after_seconds`). The status follows where the
 //! failure is: the client's request → 4xx, Creatio or the way to it → 502/504, a session that
 //! expired under a body too large to replay → 503 (safe to retry). The mapping is an exhaustive
 //! `match`: a new variant cannot silently become a 500. Messages never hold a secret.
@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
+use crate::auth::LoginFailure;
 use crate::body::ProxyBody;
 
 /// A failure the proxy answers itself.
@@ -33,18 +34,19 @@ pub enum ProxyError {
     /// Reading the client's body failed.
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
-    /// Logging in to Creatio failed (now, or recently and the back-off is running).
-    #[error("{message}")]
+    /// Logging in to Creatio or getting a token failed (now, or recently and the back-off
+    /// is running).
+    #[error("{failure}")]
     LoginFailed {
         /// Identity name.
         identity: String,
-        /// Creatio's own message, or what went wrong on the way.
-        message: String,
+        /// What went wrong, with its diagnosis.
+        failure: LoginFailure,
         /// Time until the next login attempt is allowed.
         retry_after: Option<Duration>,
     },
     /// Creatio could not be reached.
-    #[error("could not reach Creatio at {target}: {cause}")]
+    #[error("could not reach Creatio: {cause}")]
     Unreachable {
         /// host:port.
         target: String,
@@ -99,7 +101,7 @@ impl ProxyError {
             ProxyError::Unauthorized => "client_unauthorized",
             ProxyError::BadRequestTarget => "bad_request_target",
             ProxyError::ClientBody(_) => "client_body_error",
-            ProxyError::LoginFailed { .. } => "creatio_login_failed",
+            ProxyError::LoginFailed { failure, .. } => failure.error_code(),
             ProxyError::Unreachable { .. } => "creatio_unreachable",
             ProxyError::UpstreamTimeout(_) => "creatio_timeout",
             ProxyError::ExpiredDuringUpload => "session_expired_during_upload",
@@ -120,10 +122,11 @@ impl ProxyError {
         match &self {
             ProxyError::LoginFailed {
                 identity,
+                failure,
                 retry_after: ra,
-                ..
             } => {
                 body["identity"] = json!(identity);
+                body["diagnosis"] = json!(failure.diagnosis.code());
                 if let Some(ra) = ra {
                     let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
                     body["retry_after_seconds"] = json!(secs);

@@ -54,11 +54,61 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// TCP or TLS connection failed.
-    #[error("connection failed: {0}")]
-    Connect(String),
+    #[error("connection failed: {1}")]
+    Connect(ConnectKind, String),
     /// The exchange failed after the connection was made.
     #[error("{0}")]
     Exchange(String),
+}
+
+/// Why a connection could not be made; each has its own advice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectKind {
+    /// The host name did not resolve.
+    Dns,
+    /// Nothing listens at the address.
+    Refused,
+    /// No TCP connection within `creatio.connect_timeout`.
+    TimedOut,
+    /// The TLS handshake failed on the server's certificate.
+    Certificate,
+    /// Anything else (other TLS failures, resets, ...).
+    Other,
+}
+
+/// Sorts a connector error by walking its sources. rustls errors travel inside `io::Error`,
+/// whose `source()` skips the wrapped error itself, so `get_ref` is checked as well.
+fn connect_kind(e: &(dyn std::error::Error + 'static)) -> ConnectKind {
+    let mut node: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = node {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return tls_kind(tls);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_kind(tls);
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectKind::Refused,
+                std::io::ErrorKind::TimedOut => return ConnectKind::TimedOut,
+                _ => {}
+            }
+        }
+        // hyper-util's connector says "dns error" for a failed name lookup (its error type
+        // is private, its message is stable).
+        if err.to_string().starts_with("dns error") {
+            return ConnectKind::Dns;
+        }
+        node = err.source();
+    }
+    ConnectKind::Other
+}
+
+fn tls_kind(e: &rustls::Error) -> ConnectKind {
+    match e {
+        rustls::Error::InvalidCertificate(_) => ConnectKind::Certificate,
+        _ => ConnectKind::Other,
+    }
 }
 
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
@@ -104,6 +154,11 @@ impl Upstream {
                 idle: Mutex::new(VecDeque::new()),
             }),
         }
+    }
+
+    /// A separate pool to another origin, with the same connector (TLS roots, timeouts).
+    pub fn sibling(&self, origin: Uri) -> Upstream {
+        Upstream::new(self.pool.connector.clone(), origin)
     }
 
     /// Sends one request and returns Creatio's answer head; the body streams. The request's
@@ -206,11 +261,13 @@ impl Upstream {
             .clone()
             .oneshot(self.pool.origin.clone())
             .await
-            .map_err(|e: BoxError| UpstreamError::Connect(describe(e.as_ref())))?;
+            .map_err(|e: BoxError| {
+                UpstreamError::Connect(connect_kind(e.as_ref()), describe(e.as_ref()))
+            })?;
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect(describe(&e)))?;
+            .map_err(|e| UpstreamError::Connect(ConnectKind::Other, describe(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("Creatio connection ended: {e}");

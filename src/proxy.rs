@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::auth::diagnosis::network_failure;
 use crate::auth::expiry::{classify, is_login_page, Verdict, LOGIN_PAGE_SCAN};
 use crate::auth::{Identity, LoginContext, Session};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
@@ -74,7 +75,7 @@ impl Shared {
             identities: config
                 .identities
                 .iter()
-                .map(|i| Arc::new(Identity::new(i)))
+                .map(|i| Arc::new(Identity::new(i, &client)))
                 .collect(),
             routes: RouteTable::new(config),
             creatio: config.creatio.clone(),
@@ -269,6 +270,20 @@ where
     )
     .await?;
     match inspect(response, shared.upstream_timeout).await? {
+        Inspected::Pass(response)
+            if response.status() == StatusCode::FORBIDDEN && !has_ssp(&uri) =>
+        {
+            // Rare: boxed like `recover`.
+            let response = Box::pin(portal_hint(
+                response,
+                &shared,
+                &identity,
+                decision,
+                uri.path(),
+            ))
+            .await?;
+            Ok(finish(response, &identity, session.generation, false))
+        }
         Inspected::Pass(response) => Ok(finish(response, &identity, session.generation, false)),
         Inspected::Expired => {
             // The rare path is boxed so the common path's future stays small (it is moved
@@ -336,6 +351,11 @@ where
     }
 }
 
+/// True when the path already carries the `/ssp` segment where the /ssp rule puts it.
+fn has_ssp(uri: &Uri) -> bool {
+    matches!(apply_ssp(uri.path()), Cow::Borrowed(_))
+}
+
 /// Creatio's URI for a client's request target: the client's path and query under
 /// `creatio.url`, with the /ssp rule applied when the route asks for it. The common case (no
 /// virtual directory, no rewrite) reuses the client's path-and-query bytes as they are.
@@ -388,6 +408,9 @@ where
     if let Some(csrf) = &session.csrf {
         headers.insert(BPMCSRF_HEADER.clone(), csrf.clone());
     }
+    if let Some(authorization) = &session.authorization {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
@@ -395,7 +418,7 @@ where
     *req.headers_mut() = headers;
     let unreachable = |e: UpstreamError| ProxyError::Unreachable {
         target: target.to_string(),
-        cause: e.to_string(),
+        cause: network_failure(&e, target, "creatio.url").1,
     };
     let svc = inner.ready().await.map_err(unreachable)?;
     match tokio::time::timeout(timeout, svc.call(req)).await {
@@ -419,28 +442,92 @@ async fn inspect(response: Response<PeerBody>, timeout: Duration) -> Result<Insp
         Verdict::Pass => Ok(Inspected::Pass(response.map(ProxyBody::Stream))),
         Verdict::Expired => Ok(Inspected::Expired),
         Verdict::Inspect => {
-            let (parts, body) = response.into_parts();
-            let ahead = tokio::time::timeout(timeout, read_ahead(body, LOGIN_PAGE_SCAN - 1))
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
-                .map_err(|e| ProxyError::Unreachable {
-                    target: "Creatio".to_string(),
-                    cause: format!("the answer broke off: {e}"),
-                })?;
-            let (login, body) = match ahead {
-                ReadAhead::Complete(bytes) => (is_login_page(&bytes), ProxyBody::full(bytes)),
-                ReadAhead::Partial(chunks, rest) => {
-                    let head = head_of(&chunks, LOGIN_PAGE_SCAN);
-                    (is_login_page(&head), ProxyBody::Prefixed(chunks, rest))
-                }
-            };
-            if login {
+            let (response, head) = peek(response, timeout).await?;
+            if is_login_page(&head) {
                 Ok(Inspected::Expired)
             } else {
-                Ok(Inspected::Pass(Response::from_parts(parts, body)))
+                Ok(Inspected::Pass(response))
             }
         }
     }
+}
+
+/// Reads the first [`LOGIN_PAGE_SCAN`] bytes of an answer (or all of a shorter one) and
+/// returns the answer, whole again, with a copy of those bytes.
+async fn peek(
+    response: Response<PeerBody>,
+    timeout: Duration,
+) -> Result<(Response<ProxyBody>, Vec<u8>), ProxyError> {
+    let (parts, body) = response.into_parts();
+    let ahead = tokio::time::timeout(timeout, read_ahead(body, LOGIN_PAGE_SCAN - 1))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
+        .map_err(|e| ProxyError::Unreachable {
+            target: "Creatio".to_string(),
+            cause: format!("its answer broke off: {e}"),
+        })?;
+    let (head, body) = match ahead {
+        ReadAhead::Complete(bytes) => (bytes.to_vec(), ProxyBody::full(bytes)),
+        ReadAhead::Partial(chunks, rest) => (
+            head_of(&chunks, LOGIN_PAGE_SCAN),
+            ProxyBody::Prefixed(chunks, rest),
+        ),
+    };
+    Ok((Response::from_parts(parts, body), head))
+}
+
+/// The header that carries the proxy's advice on an answer it passes on unchanged.
+pub static HINT_HEADER: HeaderName = HeaderName::from_static("x-creatio-proxy-hint");
+
+/// A 403 on a path without `/ssp`: when it is Creatio's "Access to non-SSP API is denied for
+/// portal users" (reference, Addendum), the answer goes to the client unchanged, plus a hint
+/// header and a log line that name the route and the fix.
+async fn portal_hint(
+    response: Response<ProxyBody>,
+    shared: &Shared,
+    identity: &Identity,
+    decision: RouteDecision,
+    path: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let (mut response, head) = match body {
+        ProxyBody::Stream(peer) => {
+            peek(Response::from_parts(parts, peer), shared.upstream_timeout).await?
+        }
+        other => return Ok(Response::from_parts(parts, other)),
+    };
+    if !contains_ci(&head, b"non-ssp api") {
+        return Ok(response);
+    }
+    let route = decision
+        .route
+        .and_then(|r| shared.route_prefixes.get(r).cloned());
+    let hint = match &route {
+        Some(prefix) => format!(
+            "Creatio denies non-SSP APIs to portal users: set ssp = true on the route with prefix \"{prefix}\" (identity \"{}\")",
+            identity.name()
+        ),
+        None => format!(
+            "Creatio denies non-SSP APIs to portal users: add a [[routes]] entry for this path with ssp = true and identity = \"{}\"",
+            identity.name()
+        ),
+    };
+    tracing::warn!(
+        identity = %identity.name(),
+        path,
+        route = route.as_deref().unwrap_or("-"),
+        "a portal user called an API without /ssp and Creatio answered 403: {hint}"
+    );
+    if let Ok(value) = HeaderValue::from_str(&hint) {
+        response.headers_mut().insert(HINT_HEADER.clone(), value);
+    }
+    Ok(response)
+}
+
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn head_of(chunks: &VecDeque<Bytes>, n: usize) -> Vec<u8> {

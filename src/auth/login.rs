@@ -7,52 +7,21 @@
 //! or a redirect. The password only ever leaves the process inside the login body.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use super::diagnosis::{network_failure, Diagnosis, LoginFailure, Server};
+use super::expiry::is_login_location;
 use super::{Jar, LoginContext};
 use crate::body::ProxyBody;
-use crate::config::LoginConfig;
+use crate::config::{CreatioUrl, Secret};
+use crate::pool::Upstream;
 
-/// Largest login answer read (Creatio's is ~150 bytes; an HTML page is cut here).
-const MAX_LOGIN_REPLY: usize = 64 * 1024;
-
-/// Why a login failed.
-#[derive(Debug, Clone)]
-pub enum LoginFailure {
-    /// Creatio answered, and the answer is not a successful login.
-    Refused {
-        /// Creatio's message, or a description of the unexpected answer and what to change.
-        message: String,
-    },
-    /// Creatio could not be reached.
-    Unreachable {
-        /// host:port.
-        target: String,
-        /// What went wrong.
-        cause: String,
-    },
-}
-
-impl LoginFailure {
-    /// One sentence for logs and `check`.
-    pub fn message(&self) -> String {
-        match self {
-            LoginFailure::Refused { message } => message.clone(),
-            LoginFailure::Unreachable { target, cause } => {
-                format!("could not reach Creatio at {target}: {cause}")
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for LoginFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message())
-    }
-}
+/// Largest login or token answer read (Creatio's is ~150 bytes; an HTML page is cut here).
+const MAX_REPLY: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -62,15 +31,16 @@ struct LoginReply {
     password_change_url: Option<String>,
 }
 
-fn refused(message: impl Into<String>) -> LoginFailure {
-    LoginFailure::Refused {
-        message: message.into(),
-    }
+fn fail(diagnosis: Diagnosis, message: impl Into<String>) -> LoginFailure {
+    LoginFailure::new(diagnosis, Server::Creatio, message)
 }
 
 /// Logs in and returns the session's cookie jar.
-pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, LoginFailure> {
-    let LoginConfig::Forms { username, password } = how;
+pub(super) async fn login(
+    ctx: &LoginContext,
+    username: &str,
+    password: &Secret,
+) -> Result<Jar, LoginFailure> {
     let body =
         serde_json::json!({ "UserName": username, "UserPassword": password.expose() }).to_string();
     let url = ctx.creatio.join("/ServiceModel/AuthService.svc/Login");
@@ -81,34 +51,71 @@ pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, 
         .header(header::ACCEPT, "application/json")
         .header("ForceUseSession", "true")
         .body(ProxyBody::full(body))
-        .map_err(|e| refused(format!("cannot build the login request for {url}: {e}")))?;
+        .map_err(|e| {
+            fail(
+                Diagnosis::NotAppRoot,
+                format!("cannot build the login request for {url}: {e}"),
+            )
+        })?;
 
     let target = ctx.creatio.host_port();
-    let response = match tokio::time::timeout(ctx.timeout, ctx.client.request(request)).await {
+    let (parts, bytes) = exchange(&ctx.client, request, ctx.timeout, &target, "creatio.url")
+        .await
+        .map_err(|(diagnosis, message)| fail(diagnosis, message))?;
+    judge(ctx, username, parts, &bytes)
+}
+
+/// Sends a request and reads at most [`MAX_REPLY`] of the answer. Network failures come back
+/// as a diagnosis and its sentence.
+pub(super) async fn exchange(
+    client: &Upstream,
+    request: Request<ProxyBody>,
+    timeout: Duration,
+    target: &str,
+    key: &str,
+) -> Result<(http::response::Parts, Vec<u8>), (Diagnosis, String)> {
+    let response = match tokio::time::timeout(timeout, client.request(request)).await {
         Err(_) => {
-            return Err(LoginFailure::Unreachable {
-                target,
-                cause: format!("no answer to the login within {:?}", ctx.timeout),
-            })
+            return Err((
+                Diagnosis::Unreachable,
+                format!("{target} did not answer within {timeout:?}: check that it is reachable from here and not overloaded"),
+            ))
         }
-        Ok(Err(e)) => {
-            return Err(LoginFailure::Unreachable {
-                target,
-                cause: e.to_string(),
-            })
-        }
+        Ok(Err(e)) => return Err(network_failure(&e, target, key)),
         Ok(Ok(r)) => r,
     };
     let (parts, body) = response.into_parts();
-    let bytes = read_limited(body)
+    let bytes = tokio::time::timeout(timeout, read_limited(body))
         .await
-        .map_err(|e| LoginFailure::Unreachable {
-            target: target.clone(),
-            cause: format!("the login answer broke off: {e}"),
+        .map_err(|_| {
+            (
+                Diagnosis::Unreachable,
+                format!("the answer from {target} stalled for {timeout:?}"),
+            )
+        })?
+        .map_err(|e| {
+            (
+                Diagnosis::Unreachable,
+                format!("the answer from {target} broke off: {e}"),
+            )
         })?;
+    Ok((parts, bytes))
+}
+
+/// True when a body starts like HTML.
+pub(super) fn looks_html(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
+}
+
+fn judge(
+    ctx: &LoginContext,
+    username: &str,
+    parts: http::response::Parts,
+    bytes: &[u8],
+) -> Result<Jar, LoginFailure> {
     let status = parts.status;
-    let reply: Option<LoginReply> = serde_json::from_slice(&bytes).ok();
-    let looks_html = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+    let root = &ctx.creatio.display;
+    let reply: Option<LoginReply> = serde_json::from_slice(bytes).ok();
 
     if status.is_redirection() {
         let location = parts
@@ -116,50 +123,63 @@ pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, 
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("?");
-        return Err(refused(format!(
-            "Creatio answered the login with a redirect (HTTP {}) to {location}: creatio.url must be the application root, e.g. https://mycompany.creatio.com",
-            status.as_u16()
-        )));
+        let advice = if is_login_location(location) {
+            "something in front of Creatio (an SSO gateway or a load balancer) sends API calls to a login page; creatio.url must reach the Creatio application directly".to_string()
+        } else {
+            match other_origin(location, &ctx.creatio) {
+                Some(origin) => format!("Creatio lives elsewhere: try creatio.url = \"{origin}{}\"", ctx.creatio.base_path),
+                None => "creatio.url must be the application root that serves ServiceModel/AuthService.svc/Login itself".to_string(),
+            }
+        };
+        return Err(fail(
+            Diagnosis::LoginRedirected,
+            format!(
+                "Creatio answered the login with a redirect (HTTP {}) to {location}: {advice} (creatio.url is {root})",
+                status.as_u16()
+            ),
+        ));
     }
     if !status.is_success() {
         let detail = reply
             .as_ref()
             .and_then(|r| r.message.clone())
             .filter(|m| !m.is_empty())
-            .map(|m| format!(": {m}"))
+            .map(|m| format!(" ({m})"))
             .unwrap_or_default();
-        let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND {
-            " (is creatio.url the application root, without /0?)"
-        } else {
-            ""
+        let (diagnosis, hint) = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => (
+                Diagnosis::NotAppRoot,
+                format!(": creatio.url ({root}) must be the application root, without /0 and without a virtual directory Creatio does not have"),
+            ),
+            _ => (Diagnosis::LoginRefused, String::new()),
         };
-        return Err(refused(format!(
-            "Creatio answered the login with HTTP {}{detail}{hint}",
-            status.as_u16()
-        )));
+        return Err(fail(
+            diagnosis,
+            format!(
+                "Creatio answered the login with HTTP {}{detail}{hint}",
+                status.as_u16()
+            ),
+        ));
     }
     let Some(reply) = reply else {
-        return Err(refused(if looks_html {
-            format!("Creatio answered the login with an HTML page instead of JSON: creatio.url ({}) must be the application root", ctx.creatio.display)
-        } else {
-            "Creatio answered the login with something that is not JSON".to_string()
-        }));
+        return Err(fail(
+            Diagnosis::NotAppRoot,
+            if looks_html(bytes) {
+                format!("Creatio answered the login with an HTML page instead of JSON: creatio.url ({root}) must be the application root, e.g. https://mycompany.creatio.com")
+            } else {
+                format!("Creatio answered the login with something that is not JSON: creatio.url ({root}) must be the application root")
+            },
+        ));
     };
     match reply.code {
         Some(0) => {}
-        Some(code) => {
-            let mut message = reply
-                .message
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| format!("Creatio refused the login (Code {code})"));
-            if reply.password_change_url.is_some_and(|u| !u.is_empty()) {
-                message.push_str(" (the password has expired: change it in Creatio, then update the proxy's password)");
-            }
-            return Err(refused(message));
-        }
+        Some(code) => return Err(refusal(username, code, reply)),
         None => {
-            return Err(refused(
-                "Creatio's login answer has no Code: creatio.url must be the application root",
+            return Err(fail(
+                Diagnosis::NotAppRoot,
+                format!(
+                "the login answer has no Code: creatio.url ({root}) must be the application root"
+            ),
             ))
         }
     }
@@ -168,11 +188,47 @@ pub(super) async fn login(ctx: &LoginContext, how: &LoginConfig) -> Result<Jar, 
         jar.apply(value);
     }
     if jar.get(".ASPXAUTH").is_none() {
-        return Err(refused(
+        return Err(fail(
+            Diagnosis::LoginRefused,
             "Creatio accepted the login but set no .ASPXAUTH cookie; is something between the proxy and Creatio removing cookies?",
         ));
     }
     Ok(jar)
+}
+
+/// A `Code` other than 0: Creatio's own message, sorted into the three cases users meet.
+fn refusal(username: &str, code: i64, reply: LoginReply) -> LoginFailure {
+    let said = reply
+        .message
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| format!("Code {code}"));
+    if reply.password_change_url.is_some_and(|u| !u.is_empty()) {
+        return fail(
+            Diagnosis::PasswordExpired,
+            format!("the password of Creatio user \"{username}\" has expired (Creatio: \"{said}\"): change it in Creatio, then give the proxy the new password"),
+        );
+    }
+    if said.to_ascii_lowercase().contains("lock") {
+        return fail(
+            Diagnosis::UserLocked,
+            format!("Creatio user \"{username}\" is locked (Creatio: \"{said}\"): unlock it in Creatio (System Designer, System users); the proxy retries on its back-off schedule and never hammers the account"),
+        );
+    }
+    fail(
+        Diagnosis::WrongCredentials,
+        format!("Creatio refused the login of user \"{username}\" (Creatio: \"{said}\"): check the username and password of this identity (or its _PASSWORD environment variable)"),
+    )
+}
+
+/// `scheme://authority` of an absolute `Location` on another origin than Creatio's.
+fn other_origin(location: &str, creatio: &CreatioUrl) -> Option<String> {
+    let uri: http::Uri = location.parse().ok()?;
+    let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+    let same = scheme.eq_ignore_ascii_case(creatio.scheme.as_str())
+        && authority
+            .as_str()
+            .eq_ignore_ascii_case(creatio.authority.as_str());
+    (!same).then(|| format!("{scheme}://{authority}"))
 }
 
 async fn read_limited(mut body: crate::pool::PeerBody) -> Result<Vec<u8>, hyper::Error> {
@@ -182,7 +238,7 @@ async fn read_limited(mut body: crate::pool::PeerBody) -> Result<Vec<u8>, hyper:
         if let Ok(data) = frame?.into_data() {
             total += data.len();
             chunks.push_back(data);
-            if total >= MAX_LOGIN_REPLY {
+            if total >= MAX_REPLY {
                 break;
             }
         }

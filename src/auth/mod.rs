@@ -14,12 +14,20 @@
 //! 5. A failed login starts a back-off (2 s doubling to 60 s by default); until it ends every
 //!    request for that identity fails fast with the same error, so a wrong password never
 //!    turns into a storm of logins that locks the Creatio account.
+//!
+//! An oauth2 identity lives the same life with a bearer token instead of a cookie jar: the
+//! token request is single flight, a 401 renews it once, and failures back off. A token also
+//! carries its own schedule ([`token_schedule`]): the first request after the renewal time
+//! starts one renewal in the background and goes on with the current token, and once the
+//! token is near its expiry it is never sent again (requests then wait for the new one).
 
+pub mod diagnosis;
 pub mod expiry;
 pub mod jar;
 mod login;
+pub mod token;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,19 +39,45 @@ use crate::config::{Config, CreatioUrl, IdentityConfig, LoginConfig};
 use crate::error::ProxyError;
 use crate::pool::Upstream;
 
+pub use diagnosis::{Diagnosis, LoginFailure, Server};
 pub use jar::Jar;
-pub use login::LoginFailure;
 
-/// One logged-in session, as requests see it.
+/// One logged-in session (forms) or token (oauth2), as requests see it.
 pub struct Session {
     /// Increases with every successful login of the identity.
     pub generation: u64,
-    /// The `Cookie` line for Creatio.
+    /// The `Cookie` line for Creatio (forms).
     pub cookie: Option<HeaderValue>,
-    /// The `BPMCSRF` header for Creatio.
+    /// The `BPMCSRF` header for Creatio (forms).
     pub csrf: Option<HeaderValue>,
+    /// The `Authorization: Bearer` header for Creatio (oauth2).
+    pub authorization: Option<HeaderValue>,
     /// When the login happened.
     pub obtained: Instant,
+    /// oauth2: from then on, a request starts a renewal in the background.
+    pub refresh_at: Option<Instant>,
+    /// oauth2: from then on, the token is never sent.
+    pub expires_at: Option<Instant>,
+}
+
+impl Session {
+    /// Seconds the token has left, if it expires.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    fn with_refresh_at(&self, refresh_at: Instant) -> Session {
+        Session {
+            generation: self.generation,
+            cookie: self.cookie.clone(),
+            csrf: self.csrf.clone(),
+            authorization: self.authorization.clone(),
+            obtained: self.obtained,
+            refresh_at: Some(refresh_at),
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -53,6 +87,16 @@ impl std::fmt::Debug for Session {
             .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
+}
+
+/// When a token of `lifetime`, asked for at `started`, is renewed and when it stops being
+/// sent. Renewal starts a fifth of the lifetime before expiry, at most 60 s before; the token
+/// is not sent in its last tenth (at most 5 s), so that it never arrives expired.
+pub fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, Instant) {
+    let lifetime = lifetime.max(Duration::from_secs(1));
+    let lead = (lifetime / 5).min(Duration::from_secs(60));
+    let margin = (lifetime / 10).min(Duration::from_secs(5));
+    (started + (lifetime - lead), started + (lifetime - margin))
 }
 
 /// Settings every login shares.
@@ -104,16 +148,26 @@ struct ReloginGuard {
     until: Option<Instant>,
 }
 
+/// What a successful login or token request gives.
+enum Fresh {
+    Jar(Jar),
+    Token(token::Token, Instant),
+}
+
 /// An identity and its session.
 pub struct Identity {
     name: Arc<str>,
     login: LoginConfig,
+    /// oauth2: the pool to the Identity Service.
+    token_client: Option<Upstream>,
     current: ArcSwapOption<Session>,
     jar: Mutex<JarState>,
     gate: tokio::sync::Mutex<Gate>,
     generation: AtomicU64,
     logins: AtomicU64,
     relogin: Mutex<ReloginGuard>,
+    /// A background token renewal is under way.
+    refreshing: AtomicBool,
 }
 
 impl std::fmt::Debug for Identity {
@@ -134,11 +188,17 @@ pub fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
 }
 
 impl Identity {
-    /// A new identity without a session.
-    pub fn new(config: &IdentityConfig) -> Self {
+    /// A new identity without a session. `client` is the pool to Creatio; an oauth2 identity
+    /// gets its own pool to the Identity Service next to it.
+    pub fn new(config: &IdentityConfig, client: &Upstream) -> Self {
+        let token_client = match &config.login {
+            LoginConfig::Forms { .. } => None,
+            LoginConfig::OAuth2(o) => token::origin(o).map(|origin| client.sibling(origin)),
+        };
         Identity {
             name: Arc::from(config.name.as_str()),
             login: config.login.clone(),
+            token_client,
             current: ArcSwapOption::empty(),
             jar: Mutex::new(JarState {
                 generation: 0,
@@ -148,6 +208,7 @@ impl Identity {
             generation: AtomicU64::new(0),
             logins: AtomicU64::new(0),
             relogin: Mutex::new(ReloginGuard::default()),
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -156,14 +217,20 @@ impl Identity {
         &self.name
     }
 
-    /// The user name it logs in as.
-    pub fn username(&self) -> &str {
+    /// Who it acts as, for messages: `user NAME` or `client ID`.
+    pub fn principal(&self) -> String {
         match &self.login {
-            LoginConfig::Forms { username, .. } => username,
+            LoginConfig::Forms { username, .. } => format!("user {username}"),
+            LoginConfig::OAuth2(o) => format!("client {}", o.client_id),
         }
     }
 
-    /// Successful logins so far.
+    /// True for `mode = "oauth2"`.
+    pub fn is_oauth2(&self) -> bool {
+        matches!(self.login, LoginConfig::OAuth2(_))
+    }
+
+    /// Successful logins (or token requests) so far.
     pub fn logins(&self) -> u64 {
         self.logins.load(Ordering::Relaxed)
     }
@@ -173,12 +240,23 @@ impl Identity {
         self.current.load_full()
     }
 
-    /// The current session, logging in first when there is none.
+    /// The current session, logging in first when there is none (or the token has expired).
+    /// A token near its end is renewed in the background while it is still being used.
     pub async fn session(self: &Arc<Self>, ctx: &LoginContext) -> Result<Arc<Session>, ProxyError> {
-        match self.current.load_full() {
-            Some(s) => Ok(s),
-            None => self.renew(ctx, None).await,
+        let Some(s) = self.current.load_full() else {
+            return self.renew(ctx, None).await;
+        };
+        let Some(expires_at) = s.expires_at else {
+            return Ok(s);
+        };
+        let now = Instant::now();
+        if now >= expires_at {
+            return self.renew(ctx, Some(s.generation)).await;
         }
+        if s.refresh_at.is_some_and(|at| now >= at) {
+            self.refresh_in_background(ctx, s.generation);
+        }
+        Ok(s)
     }
 
     /// A session newer than `stale` (the generation a request found expired), logging in
@@ -198,9 +276,20 @@ impl Identity {
             Ok(result) => result,
             Err(_) => Err(ProxyError::LoginFailed {
                 identity: self.name.to_string(),
-                message: "the login task stopped unexpectedly".to_string(),
+                failure: LoginFailure::new(
+                    Diagnosis::LoginRefused,
+                    self.server(),
+                    "the login task stopped unexpectedly",
+                ),
                 retry_after: None,
             }),
+        }
+    }
+
+    fn server(&self) -> Server {
+        match self.login {
+            LoginConfig::Forms { .. } => Server::Creatio,
+            LoginConfig::OAuth2(_) => Server::IdentityService,
         }
     }
 
@@ -228,32 +317,112 @@ impl Identity {
                 return Err(self.login_error(err, Some(at - now)));
             }
         }
-        let attempt = tokio::time::timeout(ctx.timeout, login::login(ctx, &self.login)).await;
+        self.attempt(ctx, &mut gate).await
+    }
+
+    /// Starts one background renewal of the token of `generation`, unless one is running.
+    fn refresh_in_background(self: &Arc<Self>, ctx: &LoginContext, generation: u64) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            me.refresh(&ctx, generation).await;
+            me.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Renews the token of `generation` while requests go on using it. A failure leaves the
+    /// token in use until it expires, and the next try waits for the login back-off.
+    async fn refresh(&self, ctx: &LoginContext, generation: u64) {
+        let mut gate = self.gate.lock().await;
+        let still_current = self.current.load().as_ref().map(|s| s.generation) == Some(generation);
+        if !still_current {
+            return;
+        }
+        let blocked = gate.retry_at.filter(|at| Instant::now() < *at);
+        let retry_at = match blocked {
+            Some(at) => at,
+            None => match self.attempt(ctx, &mut gate).await {
+                Ok(_) => return,
+                Err(_) => gate
+                    .retry_at
+                    .unwrap_or_else(|| Instant::now() + ctx.backoff),
+            },
+        };
+        if let Ok(_state) = self.jar.lock() {
+            let current = self.current.load_full();
+            if let Some(s) = current.filter(|s| s.generation == generation) {
+                self.current
+                    .store(Some(Arc::new(s.with_refresh_at(retry_at))));
+            }
+        }
+    }
+
+    /// One login or token request, with its bookkeeping: publish the session, or count the
+    /// failure and set the back-off. The caller holds the gate.
+    async fn attempt(
+        &self,
+        ctx: &LoginContext,
+        gate: &mut Gate,
+    ) -> Result<Arc<Session>, ProxyError> {
+        let attempt = tokio::time::timeout(ctx.timeout, self.obtain(ctx)).await;
         let attempt = attempt.unwrap_or_else(|_| {
-            Err(LoginFailure::Unreachable {
-                target: ctx.creatio.host_port(),
-                cause: format!("the login did not complete within {:?}", ctx.timeout),
-            })
+            Err(LoginFailure::new(
+                Diagnosis::Unreachable,
+                self.server(),
+                format!("the login did not complete within {:?}", ctx.timeout),
+            ))
         });
         match attempt {
-            Ok(jar) => {
+            Ok(fresh) => {
                 gate.failures = 0;
                 gate.retry_at = None;
                 gate.last_error = None;
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                let session = Arc::new(Session {
-                    generation,
-                    cookie: jar.cookie_header(),
-                    csrf: jar.csrf_header(),
-                    obtained: Instant::now(),
-                });
+                let (session, jar) = match fresh {
+                    Fresh::Jar(jar) => (
+                        Session {
+                            generation,
+                            cookie: jar.cookie_header(),
+                            csrf: jar.csrf_header(),
+                            authorization: None,
+                            obtained: Instant::now(),
+                            refresh_at: None,
+                            expires_at: None,
+                        },
+                        jar,
+                    ),
+                    Fresh::Token(token, started) => {
+                        let (refresh_at, expires_at) = token_schedule(started, token.lifetime);
+                        let session = Session {
+                            generation,
+                            cookie: None,
+                            csrf: None,
+                            authorization: Some(token.authorization),
+                            obtained: started,
+                            refresh_at: Some(refresh_at),
+                            expires_at: Some(expires_at),
+                        };
+                        (session, Jar::default())
+                    }
+                };
+                let session = Arc::new(session);
                 if let Ok(mut state) = self.jar.lock() {
                     state.generation = generation;
                     state.jar = jar;
                     self.current.store(Some(session.clone()));
                 }
                 self.logins.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(identity = %self.name, user = %self.username(), generation, "logged in to Creatio");
+                match session.expires_in() {
+                    None => {
+                        tracing::info!(identity = %self.name, principal = %self.principal(), generation, "logged in to Creatio")
+                    }
+                    Some(left) => {
+                        tracing::info!(identity = %self.name, principal = %self.principal(), generation, usable_for_s = left.as_secs(), "obtained an OAuth 2.0 token")
+                    }
+                }
                 Ok(session)
             }
             Err(failure) => {
@@ -262,15 +431,39 @@ impl Identity {
                 gate.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(
                     identity = %self.name,
-                    user = %self.username(),
+                    principal = %self.principal(),
+                    error = failure.error_code(),
+                    diagnosis = failure.diagnosis.code(),
                     failures = gate.failures,
                     retry_in_ms = wait.as_millis() as u64,
-                    "Creatio login failed: {}",
-                    failure.message()
+                    "{}: {}",
+                    if self.is_oauth2() { "OAuth 2.0 token request failed" } else { "Creatio login failed" },
+                    failure.message
                 );
                 let err = self.login_error(&failure, Some(wait));
                 gate.last_error = Some(failure);
                 Err(err)
+            }
+        }
+    }
+
+    async fn obtain(&self, ctx: &LoginContext) -> Result<Fresh, LoginFailure> {
+        match &self.login {
+            LoginConfig::Forms { username, password } => {
+                login::login(ctx, username, password).await.map(Fresh::Jar)
+            }
+            LoginConfig::OAuth2(config) => {
+                let Some(client) = &self.token_client else {
+                    return Err(LoginFailure::new(
+                        Diagnosis::TokenResponseInvalid,
+                        Server::IdentityService,
+                        "token_url has no usable origin",
+                    ));
+                };
+                let started = Instant::now();
+                token::fetch(client, config, &ctx.creatio, ctx.timeout)
+                    .await
+                    .map(|t| Fresh::Token(t, started))
             }
         }
     }
@@ -313,22 +506,20 @@ impl Identity {
     }
 
     fn login_error(&self, failure: &LoginFailure, retry_after: Option<Duration>) -> ProxyError {
-        match failure {
-            LoginFailure::Unreachable { target, cause } => ProxyError::Unreachable {
-                target: target.clone(),
-                cause: cause.clone(),
-            },
-            LoginFailure::Refused { message } => ProxyError::LoginFailed {
-                identity: self.name.to_string(),
-                message: message.clone(),
-                retry_after,
-            },
+        ProxyError::LoginFailed {
+            identity: self.name.to_string(),
+            failure: failure.clone(),
+            retry_after,
         }
     }
 
     /// Merges the `Set-Cookie` lines of an answer to a request sent with session
-    /// `generation`. Ignored when the session has been replaced since.
+    /// `generation`. Ignored when the session has been replaced since, and for oauth2
+    /// identities, whose requests never carry cookies.
     pub fn absorb(&self, generation: u64, headers: &HeaderMap) {
+        if self.is_oauth2() {
+            return;
+        }
         let Ok(mut state) = self.jar.lock() else {
             return;
         };
@@ -351,7 +542,10 @@ impl Identity {
             generation,
             cookie: state.jar.cookie_header(),
             csrf: state.jar.csrf_header(),
+            authorization: None,
             obtained,
+            refresh_at: None,
+            expires_at: None,
         })));
     }
 }

@@ -101,6 +101,9 @@ pub struct IdentityFile {
     pub client_secret: Option<Secret>,
     /// A file holding the client secret (oauth2).
     pub client_secret_file: Option<PathBuf>,
+    /// `"form"` (default: client_id and client_secret as form fields) or `"basic"`
+    /// (HTTP Basic) for the token request (oauth2).
+    pub client_auth: Option<String>,
 }
 
 /// One `[[routes]]` entry.

@@ -125,17 +125,17 @@ impl CreatioUrl {
 
     /// Host and port, for messages (`mycompany.creatio.com:443`).
     pub fn host_port(&self) -> String {
-        let default = if self.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
-        format!(
-            "{}:{}",
-            self.authority.host(),
-            self.authority.port_u16().unwrap_or(default)
-        )
+        host_port(&self.scheme, &self.authority)
     }
+}
+
+fn host_port(scheme: &Scheme, authority: &Authority) -> String {
+    let default = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(default)
+    )
 }
 
 /// One Creatio identity (a user whose session the proxy holds).
@@ -157,6 +157,50 @@ pub enum LoginConfig {
         /// Its password.
         password: Secret,
     },
+    /// OAuth 2.0 client credentials from the Identity Service; bearer tokens.
+    OAuth2(OAuth2Config),
+}
+
+/// An `mode = "oauth2"` identity.
+#[derive(Debug, Clone)]
+pub struct OAuth2Config {
+    /// The Identity Service's token endpoint.
+    pub token_url: TokenUrl,
+    /// The client id of the integrated application.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: Secret,
+    /// How the client authenticates to the token endpoint.
+    pub client_auth: ClientAuth,
+}
+
+/// How the client id and secret reach the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` form fields (default: what Creatio documents).
+    Form,
+    /// `Authorization: Basic`.
+    Basic,
+}
+
+/// A token endpoint URL, split like [`CreatioUrl`].
+#[derive(Debug, Clone)]
+pub struct TokenUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// host[:port].
+    pub authority: Authority,
+    /// Path and query, e.g. `/connect/token`.
+    pub path_and_query: String,
+    /// The URL as configured.
+    pub display: String,
+}
+
+impl TokenUrl {
+    /// Host and port, for messages.
+    pub fn host_port(&self) -> String {
+        host_port(&self.scheme, &self.authority)
+    }
 }
 
 /// One validated route.
@@ -612,21 +656,51 @@ fn apply_secret_env(file: &mut ConfigFile, env: &dyn SecretEnv) {
 
 fn parse_identity(key: &str, name: &str, f: &IdentityFile) -> Result<IdentityConfig, ConfigError> {
     let mode = f.mode.as_deref().unwrap_or("forms");
-    match mode {
-        "forms" => {}
-        "oauth2" => {
-            return Err(ConfigError::new(
-                format!("{key}.mode"),
-                "\"oauth2\" identities are not supported by this version yet; use mode = \"forms\" with a Creatio user",
-            ))
-        }
+    let section = if key == "auth" {
+        "AUTH".to_string()
+    } else {
+        format!("IDENTITIES__{}", name.to_ascii_uppercase())
+    };
+    let login = match mode {
+        "forms" => parse_forms(key, &section, f)?,
+        "oauth2" => LoginConfig::OAuth2(parse_oauth2(key, &section, f)?),
         other => {
             return Err(ConfigError::new(
                 format!("{key}.mode"),
                 format!("\"{other}\" is not one of \"forms\", \"oauth2\""),
             ))
         }
+    };
+    Ok(IdentityConfig {
+        name: name.to_string(),
+        login,
+    })
+}
+
+/// Keys that belong to the other mode are refused: a half-converted identity is a mistake
+/// worth naming rather than a setting silently ignored.
+fn refuse_foreign_keys(key: &str, mode: &str, keys: &[(&str, bool)]) -> Result<(), ConfigError> {
+    match keys.iter().find(|(_, present)| *present) {
+        Some((name, _)) => Err(ConfigError::new(
+            format!("{key}.{name}"),
+            format!("is not used by mode = \"{mode}\"; remove it (or change the mode)"),
+        )),
+        None => Ok(()),
     }
+}
+
+fn parse_forms(key: &str, section: &str, f: &IdentityFile) -> Result<LoginConfig, ConfigError> {
+    refuse_foreign_keys(
+        key,
+        "forms",
+        &[
+            ("token_url", f.token_url.is_some()),
+            ("client_id", f.client_id.is_some()),
+            ("client_secret", f.client_secret.is_some()),
+            ("client_secret_file", f.client_secret_file.is_some()),
+            ("client_auth", f.client_auth.is_some()),
+        ],
+    )?;
     let username = match f.username.as_deref() {
         Some(u) if !u.is_empty() => u.to_string(),
         _ => {
@@ -636,38 +710,121 @@ fn parse_identity(key: &str, name: &str, f: &IdentityFile) -> Result<IdentityCon
             ))
         }
     };
-    let env_name = if key == "auth" {
-        format!("{ENV_PREFIX}AUTH__PASSWORD")
-    } else {
-        format!(
-            "{ENV_PREFIX}IDENTITIES__{}__PASSWORD",
-            name.to_ascii_uppercase()
-        )
+    let password = read_secret(
+        key,
+        "password",
+        &f.password,
+        &f.password_file,
+        &format!("{ENV_PREFIX}{section}__PASSWORD"),
+    )?;
+    Ok(LoginConfig::Forms { username, password })
+}
+
+fn parse_oauth2(key: &str, section: &str, f: &IdentityFile) -> Result<OAuth2Config, ConfigError> {
+    refuse_foreign_keys(
+        key,
+        "oauth2",
+        &[
+            ("username", f.username.is_some()),
+            ("password", f.password.is_some()),
+            ("password_file", f.password_file.is_some()),
+        ],
+    )?;
+    let token_url = parse_token_url(&format!("{key}.token_url"), f.token_url.as_deref())?;
+    let client_id = match f.client_id.as_deref() {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{key}.client_id"),
+                "missing: give the client id of the OAuth integrated application (Creatio: System Designer → OAuth 2.0 integrated applications)",
+            ))
+        }
     };
-    let password = match (&f.password, &f.password_file) {
+    let client_secret = read_secret(
+        key,
+        "client_secret",
+        &f.client_secret,
+        &f.client_secret_file,
+        &format!("{ENV_PREFIX}{section}__CLIENT_SECRET"),
+    )?;
+    let client_auth = match f.client_auth.as_deref().unwrap_or("form") {
+        "form" => ClientAuth::Form,
+        "basic" => ClientAuth::Basic,
+        other => {
+            return Err(ConfigError::new(
+                format!("{key}.client_auth"),
+                format!("\"{other}\" is not one of \"form\", \"basic\""),
+            ))
+        }
+    };
+    Ok(OAuth2Config {
+        token_url,
+        client_id,
+        client_secret,
+        client_auth,
+    })
+}
+
+/// A secret from the value, its `*_file`, or (already applied) the environment.
+fn read_secret(
+    key: &str,
+    name: &str,
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+    env_name: &str,
+) -> Result<Secret, ConfigError> {
+    let secret = match (value, file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                format!("{key}.password"),
-                "give either password or password_file, not both",
+                format!("{key}.{name}"),
+                format!("give either {name} or {name}_file, not both"),
             ))
         }
         (Some(p), None) => p.clone(),
-        (None, Some(path)) => read_secret_file(&format!("{key}.password_file"), path)?,
+        (None, Some(path)) => read_secret_file(&format!("{key}.{name}_file"), path)?,
         (None, None) => {
             return Err(ConfigError::new(
-                format!("{key}.password"),
-                format!(
-                    "missing: set password, password_file, or the environment variable {env_name}"
-                ),
+                format!("{key}.{name}"),
+                format!("missing: set {name}, {name}_file, or the environment variable {env_name}"),
             ))
         }
     };
-    if password.is_empty() {
-        return Err(ConfigError::new(format!("{key}.password"), "is empty"));
+    if secret.is_empty() {
+        return Err(ConfigError::new(format!("{key}.{name}"), "is empty"));
     }
-    Ok(IdentityConfig {
-        name: name.to_string(),
-        login: LoginConfig::Forms { username, password },
+    Ok(secret)
+}
+
+fn parse_token_url(key: &str, v: Option<&str>) -> Result<TokenUrl, ConfigError> {
+    let HttpUrl {
+        uri,
+        scheme,
+        authority,
+        shown,
+        v,
+    } = parse_http_url(
+        key,
+        v,
+        "the Identity Service's token endpoint",
+        "https://mycompany-is.creatio.com/connect/token",
+    )?;
+    let bad = |why: &str| ConfigError::new(key, format!("\"{shown}\" {why}"));
+    if v.contains('#') {
+        return Err(bad("must not have a fragment"));
+    }
+    let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => {
+            return Err(bad(
+                "has no path: the token endpoint is usually {identity service}/connect/token",
+            ))
+        }
+        Some(p) => p.to_string(),
+    };
+    Ok(TokenUrl {
+        scheme,
+        authority,
+        path_and_query,
+        display: shown,
     })
 }
 
@@ -715,33 +872,68 @@ fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     })
 }
 
-fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
-    const KEY: &str = "creatio.url";
+/// A URL value checked for what every URL key needs: http or https, a host, no credentials.
+struct HttpUrl<'a> {
+    uri: Uri,
+    scheme: Scheme,
+    authority: Authority,
+    /// The URL as it may be quoted in messages.
+    shown: String,
+    v: &'a str,
+}
+
+fn parse_http_url<'a>(
+    key: &str,
+    v: Option<&'a str>,
+    what: &str,
+    example: &str,
+) -> Result<HttpUrl<'a>, ConfigError> {
     let v = v.filter(|v| !v.is_empty()).ok_or_else(|| {
-        ConfigError::new(
-            KEY,
-            "missing: give the Creatio application root, e.g. \"https://mycompany.creatio.com\"",
-        )
+        ConfigError::new(key, format!("missing: give {what}, e.g. \"{example}\""))
     })?;
     let shown = without_userinfo(v);
-    let bad = |why: &str| ConfigError::new(KEY, format!("\"{shown}\" {why}"));
+    let bad = |why: &str| ConfigError::new(key, format!("\"{shown}\" {why}"));
     let uri: Uri = v
         .parse()
-        .map_err(|_| bad("is not a URL like \"https://mycompany.creatio.com\""))?;
+        .map_err(|_| bad(&format!("is not a URL like \"{example}\"")))?;
     let scheme = uri
         .scheme()
         .cloned()
-        .ok_or_else(|| bad("needs http:// or https://"))?;
-    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-        return Err(bad("must start with http:// or https://"));
-    }
+        .filter(|s| *s == Scheme::HTTP || *s == Scheme::HTTPS)
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
     let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(bad("must not carry credentials; put them in [auth]"));
+        return Err(bad(
+            "must not carry credentials; give them in the identity's keys",
+        ));
     }
     if authority.host().is_empty() {
         return Err(bad("has no host"));
     }
+    Ok(HttpUrl {
+        uri,
+        scheme,
+        authority,
+        shown,
+        v,
+    })
+}
+
+fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
+    const KEY: &str = "creatio.url";
+    let HttpUrl {
+        uri,
+        scheme,
+        authority,
+        shown,
+        v,
+    } = parse_http_url(
+        KEY,
+        v,
+        "the Creatio application root",
+        "https://mycompany.creatio.com",
+    )?;
+    let bad = |why: &str| ConfigError::new(KEY, format!("\"{shown}\" {why}"));
     if uri.query().is_some() || v.contains('#') {
         return Err(bad("must not have a query or fragment"));
     }
@@ -920,7 +1112,9 @@ mod tests {
             &format!("password_file = {:?}", path.display().to_string()),
         );
         let c = load(&toml).expect("loads");
-        let LoginConfig::Forms { password, .. } = &c.identities[0].login;
+        let LoginConfig::Forms { password, .. } = &c.identities[0].login else {
+            panic!("a forms identity")
+        };
         assert_eq!(password.expose(), "s3cret");
     }
 
@@ -932,7 +1126,9 @@ mod tests {
         )]));
         let c = Config::from_figment(Figment::new().merge(Toml::string(MINIMAL)), &env, None)
             .expect("loads");
-        let LoginConfig::Forms { password, .. } = &c.identities[0].login;
+        let LoginConfig::Forms { password, .. } = &c.identities[0].login else {
+            panic!("a forms identity")
+        };
         assert_eq!(password.expose(), "0123");
         assert!(
             !format!("{c:?}").contains("0123"),

@@ -1,0 +1,136 @@
+//! What went wrong with a login or a token request: a stable code and one sentence that says
+//! what to change.
+//!
+//! `check`, the proxy's JSON error bodies and its log lines all show the same
+//! [`LoginFailure`], so a user sees the same advice wherever they look first.
+
+use crate::pool::{ConnectKind, UpstreamError};
+
+/// The kinds of login and token failures the proxy can tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Diagnosis {
+    /// Creatio's `Code` 1 for a wrong user name or password.
+    WrongCredentials,
+    /// Creatio says the user is locked.
+    UserLocked,
+    /// The password has expired (`PasswordChangeUrl` in the answer).
+    PasswordExpired,
+    /// The login was answered with a redirect (a login page, or another host).
+    LoginRedirected,
+    /// The login URL is not the application root (an HTML page, a 401/404, no `Code`).
+    NotAppRoot,
+    /// Creatio refused the login for another reason.
+    LoginRefused,
+    /// `token_url` answered with HTML or a redirect: it is not the Identity Service.
+    TokenUrlNotIdentityService,
+    /// The Identity Service refused the client (`invalid_client`, `unauthorized_client`, ...).
+    ClientRejected,
+    /// The token answer is unusable (no `access_token`, not JSON, an error status).
+    TokenResponseInvalid,
+    /// The host could not be reached (DNS, refused, timed out, broken off).
+    Unreachable,
+    /// The server's TLS certificate is not trusted.
+    Certificate,
+}
+
+impl Diagnosis {
+    /// The stable code, as the `diagnosis` field of error bodies and log lines.
+    pub fn code(self) -> &'static str {
+        match self {
+            Diagnosis::WrongCredentials => "wrong_credentials",
+            Diagnosis::UserLocked => "user_locked",
+            Diagnosis::PasswordExpired => "password_expired",
+            Diagnosis::LoginRedirected => "login_redirected",
+            Diagnosis::NotAppRoot => "creatio_url_not_app_root",
+            Diagnosis::LoginRefused => "login_refused",
+            Diagnosis::TokenUrlNotIdentityService => "token_url_not_identity_service",
+            Diagnosis::ClientRejected => "oauth_client_rejected",
+            Diagnosis::TokenResponseInvalid => "token_response_invalid",
+            Diagnosis::Unreachable => "unreachable",
+            Diagnosis::Certificate => "tls_certificate_untrusted",
+        }
+    }
+}
+
+/// Which server a failure concerns: Creatio (forms login) or the Identity Service (token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// Creatio's `AuthService.svc/Login`.
+    Creatio,
+    /// The Identity Service's token endpoint.
+    IdentityService,
+}
+
+/// Why a login or token request failed.
+#[derive(Debug, Clone)]
+pub struct LoginFailure {
+    /// What kind of failure.
+    pub diagnosis: Diagnosis,
+    /// Which server.
+    pub server: Server,
+    /// One sentence: what happened and what to change. Never holds a secret.
+    pub message: String,
+}
+
+impl LoginFailure {
+    /// A failure with its sentence.
+    pub fn new(diagnosis: Diagnosis, server: Server, message: impl Into<String>) -> Self {
+        LoginFailure {
+            diagnosis,
+            server,
+            message: message.into(),
+        }
+    }
+
+    /// The `error` code of the JSON answer: what failed, at the level a client acts on.
+    pub fn error_code(&self) -> &'static str {
+        match (self.server, self.diagnosis) {
+            (Server::Creatio, Diagnosis::Unreachable | Diagnosis::Certificate) => {
+                "creatio_unreachable"
+            }
+            (Server::IdentityService, Diagnosis::Unreachable | Diagnosis::Certificate) => {
+                "identity_service_unreachable"
+            }
+            (Server::Creatio, _) => "creatio_login_failed",
+            (Server::IdentityService, _) => "oauth_token_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for LoginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The diagnosis and sentence for a request to `target` (host:port) that got no answer.
+/// `key` is the config key that names the server (`creatio.url`, `auth.token_url`).
+pub fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis, String) {
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    match e {
+        UpstreamError::Connect(ConnectKind::Dns, _) => (
+            Diagnosis::Unreachable,
+            format!("cannot resolve the host name {host} (DNS lookup failed for {target}): check the host in {key}, and that this machine's DNS knows it"),
+        ),
+        UpstreamError::Connect(ConnectKind::Refused, _) => (
+            Diagnosis::Unreachable,
+            format!("nothing accepts connections at {target} (connection refused): check the host and port in {key}, and that the server is running"),
+        ),
+        UpstreamError::Connect(ConnectKind::TimedOut, _) => (
+            Diagnosis::Unreachable,
+            format!("no connection to {target} within creatio.connect_timeout: check that {host} is reachable from here (firewall, egress proxy)"),
+        ),
+        UpstreamError::Connect(ConnectKind::Certificate, detail) => (
+            Diagnosis::Certificate,
+            format!("the TLS certificate of {target} is not trusted ({detail}): if the server uses a private or corporate CA, give that CA's PEM file as creatio.ca_file"),
+        ),
+        UpstreamError::Connect(ConnectKind::Other, detail) => (
+            Diagnosis::Unreachable,
+            format!("could not connect to {target}: {detail}"),
+        ),
+        UpstreamError::Exchange(detail) => (
+            Diagnosis::Unreachable,
+            format!("the exchange with {target} failed: {detail}"),
+        ),
+    }
+}

@@ -185,9 +185,20 @@ pub async fn emulator_only(listen: SocketAddr) -> i32 {
         },
         false,
     );
-    match Emulator::start(EmulatorOptions::default(), listen).await {
+    let options = EmulatorOptions::default();
+    let clients: Vec<String> = options
+        .oauth_clients
+        .iter()
+        .map(|c| format!("{}/{} as {}", c.client_id, c.client_secret, c.user))
+        .collect();
+    match Emulator::start(options, listen).await {
         Ok(e) => {
             println!("Creatio emulator (not Creatio) on {} (users Supervisor/Supervisor, portal.user/portal-pass); Ctrl-C stops it", e.url());
+            println!(
+                "Identity Service token URL: {}/connect/token (OAuth clients {})",
+                e.identity_url(),
+                clients.join(", ")
+            );
             shutdown_signal().await;
             e.shutdown();
             0

@@ -1,7 +1,8 @@
 //! Request routing and the answers of the fake Creatio.
 //!
-//! Order for a `/0/...` request: the session check (ticket, then `BPMCSRF`), then the portal
-//! rule, then the endpoint. Each refusal reads the request body to the end before answering.
+//! Order for a `/0/...` request: the session check (a bearer token, or the ticket then
+//! `BPMCSRF`), then the portal rule, then the endpoint. The front-door redirect, when set,
+//! comes before everything. Each refusal reads the request body to the end before answering.
 //! A client that is still sending then sees the refusal and not a reset connection, and the
 //! keep-alive connection stays usable.
 
@@ -32,6 +33,8 @@ use super::{fnv1a64, pages, ExpiredResponse, Flavour, SeenRequest, Upload, FNV_O
 pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 const LOGIN_PATH: &str = "/ServiceModel/AuthService.svc/Login";
+/// The Identity Service's token path, which clients sometimes send to the app by mistake.
+const TOKEN_PATH: &str = "/connect/token";
 const JSON: &str = "application/json; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 /// Limit for request bodies that are buffered (everything except `Data` uploads).
@@ -67,12 +70,25 @@ async fn dispatch(
     body: Incoming,
     user: &mut Option<String>,
 ) -> Response<Body> {
+    if let Some(location) = &shared.front_redirect {
+        drain(body).await;
+        return redirect(location.clone());
+    }
     let Some(relative) = strip_base(parts.uri.path(), &shared.base_path) else {
         drain(body).await;
         return not_found_outside();
     };
     if relative.eq_ignore_ascii_case(LOGIN_PATH) {
         return login(shared, parts, body).await;
+    }
+    if relative.eq_ignore_ascii_case(TOKEN_PATH) {
+        // A token request sent to Creatio instead of the Identity Service meets forms
+        // authentication and gets the login page (§8, addendum). ReturnUrl is the whole path,
+        // as ASP.NET encodes it: `%2fconnect%2ftoken` on the site root.
+        drain(body).await;
+        let return_url = aspnet_url_encode(parts.uri.path());
+        let page = pages::login_page(shared.flavour, &shared.base_path, &return_url);
+        return html_response(StatusCode::OK, page);
     }
     if let Some(app) = strip_segment(relative, "0") {
         if app.eq_ignore_ascii_case(LOGIN_PATH) {
@@ -211,6 +227,10 @@ async fn app_request(
             drain(body).await;
             return authentication_failed();
         }
+        Auth::BearerDenied => {
+            drain(body).await;
+            return bearer_denied();
+        }
         Auth::Valid {
             user,
             portal,
@@ -265,10 +285,10 @@ fn expired(shared: &Shared, path: &str) -> Response<Body> {
                 Flavour::NetFramework => "/Login/NuiLogin.aspx",
                 Flavour::NetCore => "/Login/Login.html",
             };
-            let location = format!("{}{login_page}?ReturnUrl={return_url}", shared.base_path);
-            let mut response = html_response(StatusCode::FOUND, pages::object_moved(&location));
-            append_header(&mut response, LOCATION, location);
-            response
+            redirect(format!(
+                "{}{login_page}?ReturnUrl={return_url}",
+                shared.base_path
+            ))
         }
         ExpiredResponse::LoginPage => {
             let page = pages::login_page(shared.flavour, &shared.base_path, &return_url);
@@ -536,7 +556,7 @@ impl http_body::Body for DownloadBody {
 // === bodies ===
 
 /// Buffers a small request body. Bodies over [`MAX_BODY`] get 413.
-async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
+pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(json_response(
@@ -567,7 +587,7 @@ async fn read_json_object(body: Incoming) -> Result<Map<String, Value>, Response
 
 /// Reads and discards the rest of a body, so the connection can be reused after an early
 /// answer.
-async fn drain(mut body: Incoming) {
+pub(super) async fn drain(mut body: Incoming) {
     while let Some(frame) = body.frame().await {
         if frame.is_err() {
             break;
@@ -577,7 +597,7 @@ async fn drain(mut body: Incoming) {
 
 // === canned answers ===
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
     response
@@ -605,6 +625,22 @@ fn authentication_failed() -> Response<Body> {
             "ExceptionType": "System.Security.Authentication.AuthenticationException",
         }),
     )
+}
+
+/// A refused bearer token: ASP.NET Web API's JSON 401 on every path, never the login page
+/// (§8).
+fn bearer_denied() -> Response<Body> {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"Message": "Authorization has been denied for this request."}),
+    )
+}
+
+/// ASP.NET's 302 with an "Object moved" body.
+fn redirect(location: String) -> Response<Body> {
+    let mut response = html_response(StatusCode::FOUND, pages::object_moved(&location));
+    append_header(&mut response, LOCATION, location);
+    response
 }
 
 /// The IIS detailed-error page for the portal rule (§7), with status 403.
@@ -637,7 +673,7 @@ fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).boxed()
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     Empty::new().boxed()
 }
 

@@ -5,25 +5,40 @@
 //! only what an authenticating proxy can see on the wire, following the project's Creatio HTTP
 //! reference (`creatio-http.md`; section numbers below refer to it).
 //!
-//! Rules, with paths relative to [`EmulatorOptions::base_path`]:
+//! Rules of the Creatio app, with paths relative to [`EmulatorOptions::base_path`]:
 //! 1. `POST /ServiceModel/AuthService.svc/Login` with `{"UserName","UserPassword"}` logs in.
 //!    It always answers HTTP 200, with `Code` 0 plus four cookies or `Code` 1 plus a reason
 //!    (§1). Login needs no `BPMCSRF` header.
-//! 2. The app lives under `/0` in both flavours. Every `/0/...` request needs a `.ASPXAUTH`
-//!    ticket in a `Cookie` header *and* a `BPMCSRF` header equal to the session's token (§3).
-//!    A `Set-Cookie` *request* header counts for nothing.
+//! 2. The app lives under `/0` in both flavours. Every `/0/...` request needs either an
+//!    `Authorization: Bearer` token from the Identity Service, or a `.ASPXAUTH` ticket in a
+//!    `Cookie` header *and* a `BPMCSRF` header equal to the session's token (§3, §8). A bearer
+//!    header wins over cookies. A `Set-Cookie` *request* header counts for nothing.
 //! 3. A missing, unknown or expired ticket gets 401 JSON on `.svc` paths. Other paths get
 //!    [`ExpiredResponse`]: a 302 to the login page, the login page itself, or a bare 401 (§4).
-//!    A valid ticket with a wrong or missing `BPMCSRF` header gets 401 JSON.
+//!    A valid ticket with a wrong or missing `BPMCSRF` header gets 401 JSON. An unknown,
+//!    expired or revoked bearer token gets 401 JSON on every path (§8).
 //! 4. Forms tickets slide (§2). Once more than half of a ticket's lifetime has passed, the
-//!    response renews `.ASPXAUTH`, and the old ticket stays valid until it expires.
+//!    response renews `.ASPXAUTH`, and the old ticket stays valid until it expires. Bearer
+//!    tokens never slide, and forms-session controls such as [`Emulator::invalidate_sessions`]
+//!    leave them alone.
 //! 5. Portal users may only use `/0/ssp/...`, and employees may not use it (§7). Breaking
-//!    this gets an IIS-style 403 page.
+//!    this gets an IIS-style 403 page, whether the user came by cookie or by token.
 //! 6. Served: OData collections and records, streamed `Data` uploads, a streamed download,
 //!    echoing `/rest` and `.svc` services, and the anonymous `/api/HealthCheck/Ping`.
+//! 7. A token request sent to the app by mistake (`/connect/token`, any method) gets 200 and
+//!    the login page, with `ReturnUrl=%2fconnect%2ftoken` on the site root (§8, addendum).
+//! 8. With [`EmulatorOptions::front_redirect`] set, every request gets a 302 to that location
+//!    instead, as from a load balancer or SSO front.
 //!
-//! Caveats: the emulator keeps everything in memory and has no bearer tokens or `$filter`.
-//! It logs nothing above `debug`. It runs until [`Emulator::shutdown`] is called or the tokio
+//! The Identity Service (§8) listens on a second, ephemeral port on the same IP; see
+//! [`Emulator::identity_url`]. It serves `POST /connect/token` (client credentials grant, client
+//! authentication by form fields or HTTP Basic) and `GET /.well-known/openid-configuration`.
+//! Tests can make it hold requests unanswered or leave `access_token` out of its answer.
+//!
+//! Caveats: the emulator keeps everything in memory and has no `$filter`. Tokens are opaque
+//! reference tokens, not JWTs, and scopes are never checked. Requests to the Identity Service
+//! are counted by [`Emulator::token_requests`] and are not in [`Emulator::seen`]. The emulator
+//! logs nothing above `debug`. It runs until [`Emulator::shutdown`] is called or the tokio
 //! runtime ends. Dropping the handle does not stop it.
 
 use std::net::SocketAddr;
@@ -31,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod handlers;
+mod identity;
 mod pages;
 mod server;
 mod state;
@@ -118,6 +134,40 @@ impl User {
     }
 }
 
+/// An OAuth 2.0 client registered in the emulator's Identity Service.
+#[derive(Clone, Debug)]
+pub struct OAuthClient {
+    /// The client id. It matches exactly.
+    pub client_id: String,
+    /// The client secret. It must match exactly.
+    pub client_secret: String,
+    /// The Creatio user whose rights the client's tokens carry (must be in `users`). Tokens
+    /// of a client whose user is not an account are still issued, but the app refuses them.
+    pub user: String,
+    /// Whether the client may use the client_credentials grant (false → unauthorized_client).
+    pub client_credentials: bool,
+}
+
+impl OAuthClient {
+    /// A client allowed the client_credentials grant, acting as `user`.
+    pub fn new(client_id: &str, client_secret: &str, user: &str) -> OAuthClient {
+        OAuthClient {
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            user: user.to_owned(),
+            client_credentials: true,
+        }
+    }
+}
+
+/// A fault the Identity Service can be told to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFault {
+    /// A request that would get a token gets HTTP 200 with `token_type` and `expires_in`
+    /// but no `access_token`. No token is issued.
+    NoAccessToken,
+}
+
 /// How to start an [`Emulator`].
 #[derive(Clone, Debug)]
 pub struct EmulatorOptions {
@@ -136,6 +186,16 @@ pub struct EmulatorOptions {
     /// Lock an account after this many failed logins in a row. `None` never locks.
     /// Default: `Some(5)`.
     pub lockout_after: Option<u32>,
+    /// Clients of the Identity Service. Default: `integration-client`/`integration-secret`
+    /// acting as `Supervisor`, and `portal-client`/`portal-secret` acting as `portal.user`.
+    pub oauth_clients: Vec<OAuthClient>,
+    /// Lifetime of the access tokens the Identity Service issues. Default: 3600 s, the
+    /// out-of-the-box `AccessTokenLifetime` (§8).
+    pub token_lifetime: Duration,
+    /// When set, every request to the app listener (login included, whatever the path) is
+    /// answered with a 302 to this location and an "Object moved" body. The Identity Service
+    /// is not affected. Default: `None`.
+    pub front_redirect: Option<String>,
 }
 
 impl Default for EmulatorOptions {
@@ -150,6 +210,12 @@ impl Default for EmulatorOptions {
             session_timeout: Duration::from_secs(20 * 60),
             expired_response: ExpiredResponse::Redirect,
             lockout_after: Some(5),
+            oauth_clients: vec![
+                OAuthClient::new("integration-client", "integration-secret", "Supervisor"),
+                OAuthClient::new("portal-client", "portal-secret", "portal.user"),
+            ],
+            token_lifetime: Duration::from_secs(3600),
+            front_redirect: None,
         }
     }
 }
@@ -165,8 +231,8 @@ pub struct SeenRequest {
     pub query: Option<String>,
     /// All request headers as received.
     pub headers: http::HeaderMap,
-    /// The user whose session authenticated the request. `None` for anonymous requests,
-    /// refused requests and login POSTs, which carry no session.
+    /// The user whose session or bearer token authenticated the request. `None` for
+    /// anonymous requests, refused requests and login POSTs, which carry no session.
     pub user: Option<String>,
     /// Status code of the answer.
     pub status: u16,
@@ -191,21 +257,29 @@ impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emulator")
             .field("url", &self.url())
+            .field("identity_url", &self.identity_url())
             .finish_non_exhaustive()
     }
 }
 
 impl Emulator {
-    /// Binds `listen`, starts the accept loop on the current tokio runtime and returns at once.
+    /// Binds `listen` for the app and an ephemeral port on the same IP for the Identity
+    /// Service, starts both accept loops on the current tokio runtime and returns at once.
     ///
     /// Tests pass `127.0.0.1:0` and read the port from [`Emulator::addr`]. A `base_path` that
     /// cannot appear in a URL path fails with [`std::io::ErrorKind::InvalidInput`].
     pub async fn start(options: EmulatorOptions, listen: SocketAddr) -> std::io::Result<Emulator> {
         let base_path = normalise_base_path(&options.base_path)?;
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(options, base_path, addr));
-        tokio::spawn(server::accept_loop(listener, shared.clone()));
+        let app = tokio::net::TcpListener::bind(listen).await?;
+        let identity = tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)).await?;
+        let addrs = (app.local_addr()?, identity.local_addr()?);
+        let shared = Arc::new(Shared::new(options, base_path, addrs));
+        tokio::spawn(server::accept_loop(app, shared.clone(), handlers::handle));
+        tokio::spawn(server::accept_loop(
+            identity,
+            shared.clone(),
+            identity::handle,
+        ));
         Ok(Emulator { shared })
     }
 
@@ -219,8 +293,14 @@ impl Emulator {
         format!("{}{}", self.shared.origin, self.shared.base_path)
     }
 
-    /// Stops accepting, closes idle connections, and closes busy ones after their current
-    /// request.
+    /// `http://HOST:PORT` of the Identity Service, with no base path and no trailing slash.
+    /// The token endpoint is this plus `/connect/token`.
+    pub fn identity_url(&self) -> String {
+        self.shared.identity_origin.clone()
+    }
+
+    /// Stops accepting on both listeners, closes idle connections, and closes busy ones after
+    /// their current request. Token requests being held are answered at once.
     pub fn shutdown(&self) {
         self.shared.shutdown();
     }
@@ -239,7 +319,7 @@ impl Emulator {
     }
 
     /// Moves the emulator's clock forward. The clock is real time plus every offset added here,
-    /// and it drives ticket expiry and renewal.
+    /// and it drives ticket expiry and renewal and token expiry.
     pub fn advance_clock(&self, d: Duration) {
         self.shared.advance_clock(d);
     }
@@ -257,6 +337,53 @@ impl Emulator {
     /// Unlocks a user and resets their count of failed logins.
     pub fn unlock(&self, user: &str) {
         self.shared.unlock(user);
+    }
+
+    /// Locks a user now, as too many failed logins would. Unknown users are ignored.
+    pub fn lock_user(&self, user: &str) {
+        self.shared.lock_user(user);
+    }
+
+    /// POSTs to /connect/token on the IS listener, whatever their outcome (counted on arrival,
+    /// before any hold).
+    pub fn token_requests(&self) -> u64 {
+        self.shared.token_requests()
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.shared.tokens_issued()
+    }
+
+    /// Resolves once [`Emulator::token_requests`] is at least `n`.
+    pub async fn wait_token_requests(&self, n: u64) {
+        self.shared.wait_token_requests(n).await;
+    }
+
+    /// Every token issued so far becomes unknown (401 on use).
+    pub fn revoke_tokens(&self) {
+        self.shared.revoke_tokens();
+    }
+
+    /// Lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        self.shared.set_token_lifetime(d);
+    }
+
+    /// Makes the Identity Service produce `fault` from now on, or behave again with `None`.
+    pub fn set_token_fault(&self, fault: Option<TokenFault>) {
+        self.shared.set_token_fault(fault);
+    }
+
+    /// While held, token requests wait unanswered; [`Emulator::release_tokens`] answers every
+    /// waiting one (and later ones at once).
+    pub fn hold_tokens(&self) {
+        self.shared.hold_tokens(true);
+    }
+
+    /// Answers every held token request and stops holding.
+    pub fn release_tokens(&self) {
+        self.shared.hold_tokens(false);
     }
 
     /// Number of successful logins by `user`.

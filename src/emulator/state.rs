@@ -1,9 +1,10 @@
-//! The emulator's memory: accounts, sessions and forms tickets, OData records, uploads, and
-//! the request log.
+//! The emulator's memory: accounts, sessions and forms tickets, OAuth clients and bearer
+//! tokens, OData records, uploads, and the request log.
 //!
 //! Everything is in one `std::sync::Mutex`. Guards are short, are never held across an
 //! `.await`, and a poisoned lock is recovered, because one bad test must not break the
-//! emulator for everyone else.
+//! emulator for everyone else. The two values tests wait on (the count of token requests and
+//! the token hold) are `watch` channels instead, so waiting needs no polling.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -13,13 +14,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use cookie::Cookie;
-use http::header::COOKIE;
+use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{EmulatorOptions, ExpiredResponse, Flavour, SeenRequest, Upload};
+use super::{
+    EmulatorOptions, ExpiredResponse, Flavour, OAuthClient, SeenRequest, TokenFault, Upload,
+};
 
 /// How many requests [`Shared::seen`] keeps.
 const SEEN_CAPACITY: usize = 10_000;
@@ -38,9 +41,19 @@ pub(super) struct Shared {
     pub(super) addr: SocketAddr,
     /// `http://HOST:PORT`, used for `Location` and `@odata.context`.
     pub(super) origin: String,
+    /// `http://HOST:PORT` of the Identity Service listener.
+    pub(super) identity_origin: String,
+    /// Answer every app request with a 302 here (`EmulatorOptions::front_redirect`).
+    pub(super) front_redirect: Option<String>,
+    /// Keyed by client id. Fixed at start, so read without the lock.
+    clients: HashMap<String, OAuthClient>,
     session_timeout: Duration,
     lockout_after: Option<u32>,
     shutdown: watch::Sender<bool>,
+    /// POSTs to the token endpoint so far.
+    token_requests: watch::Sender<u64>,
+    /// True while token requests are held unanswered.
+    token_hold: watch::Sender<bool>,
     state: Mutex<State>,
 }
 
@@ -54,6 +67,11 @@ struct State {
     tickets: HashMap<String, Ticket>,
     next_session: u64,
     invalidate_countdown: Option<u64>,
+    /// Access token → what it grants. Independent of sessions and tickets.
+    tokens: HashMap<String, Token>,
+    tokens_issued: u64,
+    token_lifetime: Duration,
+    token_fault: Option<TokenFault>,
     clock_offset: Duration,
     expired_response: ExpiredResponse,
     requests: HashMap<String, u64>,
@@ -88,6 +106,20 @@ struct Ticket {
     expires_at: Instant,
 }
 
+/// A bearer token. It lives until it expires or is revoked; using it never renews it.
+struct Token {
+    /// Lower-cased account name, looked up on every use so the portal flag is current.
+    account: String,
+    expires_at: Instant,
+}
+
+/// The Identity Service's answer to a valid token request.
+pub(super) struct Grant {
+    /// The new token, or `None` under [`TokenFault::NoAccessToken`].
+    pub(super) token: Option<String>,
+    pub(super) lifetime: Duration,
+}
+
 /// What a login POST achieved.
 pub(super) enum LoginOutcome {
     Success(NewSession),
@@ -111,6 +143,8 @@ pub(super) enum Auth {
     Missing,
     /// The ticket is valid, but the `BPMCSRF` header is missing or wrong.
     BadCsrf,
+    /// A bearer token was presented, and it is unknown, expired or revoked.
+    BearerDenied,
     Valid {
         user: String,
         portal: bool,
@@ -120,7 +154,13 @@ pub(super) enum Auth {
 }
 
 impl Shared {
-    pub(super) fn new(options: EmulatorOptions, base_path: String, addr: SocketAddr) -> Shared {
+    /// `addrs` are the bound addresses of the app and Identity Service listeners.
+    pub(super) fn new(
+        options: EmulatorOptions,
+        base_path: String,
+        addrs: (SocketAddr, SocketAddr),
+    ) -> Shared {
+        let (addr, identity_addr) = addrs;
         let accounts = options
             .users
             .into_iter()
@@ -134,24 +174,24 @@ impl Shared {
                 (account.user.name.to_lowercase(), account)
             })
             .collect();
-        // A wildcard bind is reachable at the loopback address, which is what clients need.
-        let host = match addr.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => {
-                SocketAddr::from(([127, 0, 0, 1], addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
-            }
-            _ => addr,
-        };
+        let clients = options
+            .oauth_clients
+            .into_iter()
+            .map(|client| (client.client_id.clone(), client))
+            .collect();
         Shared {
             flavour: options.flavour,
             base_path,
             addr,
-            origin: format!("http://{host}"),
+            origin: origin(addr),
+            identity_origin: origin(identity_addr),
+            front_redirect: options.front_redirect,
+            clients,
             session_timeout: options.session_timeout,
             lockout_after: options.lockout_after,
             shutdown: watch::channel(false).0,
+            token_requests: watch::channel(0).0,
+            token_hold: watch::channel(false).0,
             state: Mutex::new(State {
                 accounts,
                 attempts: HashMap::new(),
@@ -159,6 +199,10 @@ impl Shared {
                 tickets: HashMap::new(),
                 next_session: 1,
                 invalidate_countdown: None,
+                tokens: HashMap::new(),
+                tokens_issued: 0,
+                token_lifetime: options.token_lifetime,
+                token_fault: None,
                 clock_offset: Duration::ZERO,
                 expired_response: options.expired_response,
                 requests: HashMap::new(),
@@ -255,8 +299,12 @@ impl Shared {
         LoginOutcome::Success(session)
     }
 
-    /// The session check on every `/0/...` request, with sliding renewal.
+    /// The session check on every `/0/...` request: a bearer token if one is presented,
+    /// otherwise the forms ticket and `BPMCSRF`, with sliding renewal.
     pub(super) fn authenticate(&self, headers: &HeaderMap) -> Auth {
+        if let Some(token) = bearer(headers) {
+            return self.authenticate_bearer(token);
+        }
         let Some(presented) = aspxauth(headers) else {
             return Auth::Missing;
         };
@@ -311,6 +359,26 @@ impl Shared {
         }
     }
 
+    /// A token stands on its own (§8): no cookie, no `BPMCSRF`, no renewal, and it does not
+    /// count towards `invalidate_sessions_after`.
+    fn authenticate_bearer(&self, token: &str) -> Auth {
+        let st = self.lock();
+        let now = st.now();
+        let account = st
+            .tokens
+            .get(token)
+            .filter(|t| now <= t.expires_at)
+            .and_then(|t| st.accounts.get(&t.account));
+        match account {
+            Some(account) => Auth::Valid {
+                user: account.user.name.clone(),
+                portal: account.user.portal,
+                renewed: None,
+            },
+            None => Auth::BearerDenied,
+        }
+    }
+
     pub(super) fn invalidate_sessions(&self) {
         self.lock().invalidate_all();
     }
@@ -350,6 +418,12 @@ impl Shared {
         }
     }
 
+    pub(super) fn lock_user(&self, user: &str) {
+        if let Some(account) = self.lock().accounts.get_mut(&user.to_lowercase()) {
+            account.locked = true;
+        }
+    }
+
     pub(super) fn logins(&self, user: &str) -> u64 {
         let st = self.lock();
         st.accounts
@@ -360,6 +434,87 @@ impl Shared {
     pub(super) fn login_attempts(&self, user: &str) -> u64 {
         let st = self.lock();
         st.attempts.get(&user.to_lowercase()).copied().unwrap_or(0)
+    }
+
+    // === Identity Service ===
+
+    pub(super) fn client(&self, client_id: &str) -> Option<&OAuthClient> {
+        self.clients.get(client_id)
+    }
+
+    /// Issues a token acting as `user`, valid for the current lifetime on the emulator clock.
+    pub(super) fn grant_token(&self, user: &str) -> Grant {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let lifetime = st.token_lifetime;
+        if st.token_fault == Some(TokenFault::NoAccessToken) {
+            return Grant {
+                token: None,
+                lifetime,
+            };
+        }
+        let now = st.now();
+        st.tokens.retain(|_, t| t.expires_at >= now);
+        // IdentityServer's reference-token handles are 64 upper-case hex digits.
+        let token = st.rng.hex(64);
+        let entry = Token {
+            account: user.to_lowercase(),
+            expires_at: now + lifetime,
+        };
+        st.tokens.insert(token.clone(), entry);
+        st.tokens_issued += 1;
+        Grant {
+            token: Some(token),
+            lifetime,
+        }
+    }
+
+    pub(super) fn count_token_request(&self) {
+        self.token_requests.send_modify(|n| *n += 1);
+    }
+
+    pub(super) fn token_requests(&self) -> u64 {
+        *self.token_requests.borrow()
+    }
+
+    pub(super) async fn wait_token_requests(&self, n: u64) {
+        // The sender lives in `self`, so this only ends when the count is reached.
+        let _ = self
+            .token_requests
+            .subscribe()
+            .wait_for(|&seen| seen >= n)
+            .await;
+    }
+
+    pub(super) fn tokens_issued(&self) -> u64 {
+        self.lock().tokens_issued
+    }
+
+    pub(super) fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    pub(super) fn set_token_lifetime(&self, d: Duration) {
+        self.lock().token_lifetime = d;
+    }
+
+    pub(super) fn set_token_fault(&self, fault: Option<TokenFault>) {
+        self.lock().token_fault = fault;
+    }
+
+    pub(super) fn hold_tokens(&self, hold: bool) {
+        self.token_hold.send_replace(hold);
+    }
+
+    /// Resolves once token requests are not held. Shutdown releases them too, so a held
+    /// request cannot keep a connection, and the graceful shutdown, waiting for ever.
+    pub(super) async fn tokens_released(&self) {
+        let mut hold = self.token_hold.subscribe();
+        let mut shutdown = self.subscribe_shutdown();
+        tokio::select! {
+            _ = hold.wait_for(|held| !*held) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
     }
 
     // === request log ===
@@ -491,6 +646,29 @@ fn aspxauth(headers: &HeaderMap) -> Option<String> {
         .filter_map(Result::ok)
         .find(|c| c.name() == ".ASPXAUTH")
         .map(|c| c.value().to_owned())
+}
+
+/// The token of the first `Authorization` header if its scheme is `Bearer` (any case).
+/// `Bearer` with nothing after it yields `""`, which no token matches.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then_some(token.trim())
+}
+
+/// `http://HOST:PORT` for a bound address. A wildcard bind is reachable at the loopback
+/// address, which is what clients need.
+fn origin(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    format!("http://{host}")
 }
 
 /// SplitMix64 seeded from the process's random hasher keys and the time. Cookie values only

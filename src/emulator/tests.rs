@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -104,23 +105,33 @@ impl Harness {
         headers: &[(&str, String)],
         body: impl Into<Bytes>,
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.emulator.url()));
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = self
-            .client
-            .request(request.body(Full::new(body.into())).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        let url = format!("{}{path}", self.emulator.url());
+        send_to(&self.client, method, &url, headers, body.into()).await
+    }
+
+    /// A POST to the Identity Service's token endpoint with a form body.
+    async fn token_reply(&self, headers: &[(&str, String)], form: &str) -> Reply {
+        let url = format!("{}/connect/token", self.emulator.identity_url());
+        let mut all = vec![("content-type", FORM.to_owned())];
+        all.extend(headers.iter().map(|(n, v)| (*n, v.clone())));
+        send_to(
+            &self.client,
+            Method::POST,
+            &url,
+            &all,
+            form.to_owned().into(),
+        )
+        .await
+    }
+
+    /// A token for a client, by form fields.
+    async fn token(&self, client_id: &str, client_secret: &str) -> String {
+        let form = format!(
+            "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
+        );
+        let reply = self.token_reply(&[], &form).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()["access_token"].as_str().unwrap().to_owned()
     }
 
     async fn get(&self, path: &str, headers: &[(&str, String)]) -> Reply {
@@ -156,6 +167,35 @@ impl Harness {
             .join("; ");
         Session { cookie, csrf }
     }
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+async fn send_to(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
 }
 
 fn renewed_ticket(reply: &Reply) -> Option<String> {
@@ -671,21 +711,367 @@ async fn shutdown_stops_accepting() {
         h.get("/api/HealthCheck/Ping", &[]).await.status,
         StatusCode::OK
     );
+    let identity: std::net::SocketAddr = h
+        .emulator
+        .identity_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
     h.emulator.shutdown();
-    // Once shut down, connecting eventually fails. Poll by trying to connect (no sleeps):
-    // the accept loop stops at its next turn.
-    let mut refused = false;
-    for _ in 0..1000 {
-        if tokio::net::TcpStream::connect(h.emulator.addr())
-            .await
-            .is_err()
-        {
-            refused = true;
-            break;
+    // Once shut down, connecting eventually fails on both listeners. Poll by trying to
+    // connect (no sleeps): each accept loop stops at its next turn.
+    for addr in [h.emulator.addr(), identity] {
+        let mut refused = false;
+        for _ in 0..1000 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
+        assert!(refused, "{addr}");
     }
-    assert!(refused);
+}
+
+// === Identity Service and bearer tokens ===
+
+#[tokio::test]
+async fn token_by_form_fields_and_by_basic() {
+    let h = Harness::start(EmulatorOptions {
+        oauth_clients: vec![
+            OAuthClient::new("integration-client", "integration-secret", "Supervisor"),
+            OAuthClient::new("odd id", "p@ss:w+rd", "Supervisor"),
+        ],
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let form = "grant_type=client_credentials&client_id=integration-client&client_secret=integration-secret";
+    let reply = h.token_reply(&[], form).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers[CONTENT_TYPE],
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(reply.headers["cache-control"], "no-store");
+    let answer = reply.json();
+    let first = answer["access_token"].as_str().unwrap().to_owned();
+    assert!(first.len() >= 64, "{first}");
+    assert!(first
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)));
+    assert_eq!(
+        answer,
+        json!({"access_token": first, "expires_in": 3600, "token_type": "Bearer", "scope": "ApplicationAccess"})
+    );
+
+    // RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined and base64-encoded.
+    let basic = base64::engine::general_purpose::STANDARD.encode("odd+id:p%40ss%3Aw%2Brd");
+    let by_basic = h
+        .token_reply(
+            &[("authorization", format!("Basic {basic}"))],
+            "grant_type=client_credentials",
+        )
+        .await;
+    assert_eq!(by_basic.status, StatusCode::OK, "{}", by_basic.text());
+    assert_ne!(by_basic.json()["access_token"], first);
+
+    // Both methods at once must name the same client.
+    let both = [("authorization", format!("Basic {basic}"))];
+    assert_eq!(
+        h.token_reply(&both, "grant_type=client_credentials&client_id=odd+id")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let conflict = h.token_reply(&both, form).await;
+    assert_eq!(conflict.status, StatusCode::BAD_REQUEST);
+    assert_eq!(conflict.json(), json!({"error": "invalid_client"}));
+    assert_eq!(h.emulator.tokens_issued(), 3);
+    assert_eq!(h.emulator.token_requests(), 4);
+}
+
+#[tokio::test]
+async fn token_errors_are_400_json() {
+    let h = Harness::start(EmulatorOptions {
+        oauth_clients: vec![
+            OAuthClient::new("integration-client", "integration-secret", "Supervisor"),
+            OAuthClient {
+                client_credentials: false,
+                ..OAuthClient::new("code-only", "code-secret", "Supervisor")
+            },
+        ],
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let cases = [
+        (
+            "wrong secret",
+            "grant_type=client_credentials&client_id=integration-client&client_secret=nope",
+            json!({"error": "invalid_client"}),
+        ),
+        (
+            "unknown id",
+            "grant_type=client_credentials&client_id=ghost&client_secret=integration-secret",
+            json!({"error": "invalid_client"}),
+        ),
+        (
+            "no credentials",
+            "grant_type=client_credentials",
+            json!({"error": "invalid_client"}),
+        ),
+        (
+            "grant not allowed",
+            "grant_type=client_credentials&client_id=code-only&client_secret=code-secret",
+            json!({"error": "unauthorized_client", "error_description": "The client is not allowed to use the client_credentials grant"}),
+        ),
+        (
+            "grant missing",
+            "client_id=integration-client&client_secret=integration-secret",
+            json!({"error": "unsupported_grant_type"}),
+        ),
+        (
+            "other grant",
+            "grant_type=password&client_id=integration-client&client_secret=integration-secret",
+            json!({"error": "unsupported_grant_type"}),
+        ),
+    ];
+    for (name, form, want) in &cases {
+        let reply = h.token_reply(&[], form).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(reply.json(), *want, "{name}");
+    }
+    assert_eq!(h.emulator.tokens_issued(), 0);
+
+    let token_url = format!("{}/connect/token", h.emulator.identity_url());
+    let get = send_to(&h.client, Method::GET, &token_url, &[], Bytes::new()).await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h.emulator.token_requests(), cases.len() as u64);
+
+    let discovery_url = format!(
+        "{}/.well-known/openid-configuration",
+        h.emulator.identity_url()
+    );
+    let discovery = send_to(&h.client, Method::GET, &discovery_url, &[], Bytes::new()).await;
+    assert_eq!(discovery.status, StatusCode::OK);
+    assert_eq!(discovery.json()["token_endpoint"], token_url.as_str());
+    assert_eq!(
+        discovery.json()["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+    let elsewhere = format!("{}/0/odata/Contact", h.emulator.identity_url());
+    let missing = send_to(&h.client, Method::GET, &elsewhere, &[], Bytes::new()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.json().is_object());
+}
+
+#[tokio::test]
+async fn bearer_token_needs_no_cookie_or_csrf() {
+    let h = Harness::default().await;
+    let token = h.token("integration-client", "integration-secret").await;
+    let reply = h.get("/0/odata/Contact", &bearer(&token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.headers.get(SET_COOKIE).is_none());
+    assert_eq!(
+        h.emulator.seen().last().unwrap().user.as_deref(),
+        Some("Supervisor")
+    );
+
+    // The scheme is case-insensitive, and the token wins over a cookie without BPMCSRF.
+    let session = h.login("Supervisor", "Supervisor").await;
+    let headers = [
+        ("authorization", format!("bearer {token}")),
+        ("cookie", session.cookie.clone()),
+    ];
+    let reply = h.get("/0/rest/S/M", &headers).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["user"], "Supervisor");
+}
+
+/// 401 with Web API's JSON, not the login redirect, on an OData and a `.svc` path.
+async fn assert_bearer_refused(h: &Harness, token: &str) {
+    for path in ["/0/odata/Contact", "/0/ServiceModel/Info.svc/Get"] {
+        let reply = h.get(path, &bearer(token)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            reply.json(),
+            json!({"Message": "Authorization has been denied for this request."}),
+            "{path}"
+        );
+        assert_eq!(h.emulator.seen().last().unwrap().user, None);
+    }
+}
+
+#[tokio::test]
+async fn expired_unknown_and_revoked_tokens_get_json_401() {
+    let h = Harness::default().await;
+    assert_bearer_refused(&h, "not-a-token").await;
+
+    let expiring = h.token("integration-client", "integration-secret").await;
+    h.emulator.advance_clock(Duration::from_secs(3599));
+    let reply = h.get("/0/odata/Contact", &bearer(&expiring)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    h.emulator.advance_clock(Duration::from_secs(2));
+    assert_bearer_refused(&h, &expiring).await;
+
+    let revoked = h.token("integration-client", "integration-secret").await;
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&revoked)).await.status,
+        StatusCode::OK
+    );
+    h.emulator.revoke_tokens();
+    assert_bearer_refused(&h, &revoked).await;
+    let fresh = h.token("integration-client", "integration-secret").await;
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&fresh)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn portal_client_token_follows_the_ssp_rule() {
+    let h = Harness::default().await;
+    let token = h.token("portal-client", "portal-secret").await;
+    let off = h.get("/0/rest/X/Y", &bearer(&token)).await;
+    assert_eq!(off.status, StatusCode::FORBIDDEN);
+    assert!(off
+        .text()
+        .contains("403.0 - Access to non-SSP API is denied for portal users"));
+    let on = h.get("/0/ssp/rest/X/Y", &bearer(&token)).await;
+    assert_eq!(on.status, StatusCode::OK);
+    assert_eq!(on.json()["user"], "portal.user");
+    assert_eq!(on.json()["portal"], true);
+}
+
+#[tokio::test]
+async fn token_request_sent_to_the_app_gets_the_login_page() {
+    let h = Harness::default().await;
+    let form = "grant_type=client_credentials&client_id=integration-client&client_secret=integration-secret";
+    let reply = h
+        .send(
+            Method::POST,
+            "/connect/token",
+            &[("content-type", FORM.to_owned())],
+            form,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[CONTENT_TYPE], "text/html; charset=utf-8");
+    let text = reply.text();
+    assert!(text.contains("<form name=\"IndexForm\" method=\"post\" action=\"./NuiLogin.aspx?ReturnUrl=%2fconnect%2ftoken\" id=\"IndexForm\">"));
+    assert!(text.contains("IndexForm"));
+    assert!(text.contains("NuiLogin.aspx?ReturnUrl=%2fconnect%2ftoken"));
+    assert_eq!(h.emulator.token_requests(), 0);
+    assert_eq!(h.emulator.requests("/connect/token"), 1);
+}
+
+#[tokio::test]
+async fn no_access_token_fault_and_token_lifetime() {
+    let h = Harness::default().await;
+    let form = "grant_type=client_credentials&client_id=integration-client&client_secret=integration-secret";
+    h.emulator.set_token_lifetime(Duration::from_secs(60));
+    h.emulator.set_token_fault(Some(TokenFault::NoAccessToken));
+    let reply = h.token_reply(&[], form).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"token_type": "Bearer", "expires_in": 60})
+    );
+    assert_eq!(h.emulator.tokens_issued(), 0);
+
+    h.emulator.set_token_fault(None);
+    let reply = h.token_reply(&[], form).await;
+    assert_eq!(reply.json()["expires_in"], 60);
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    h.emulator.advance_clock(Duration::from_secs(61));
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn held_token_requests_wait_for_release() {
+    let h = Harness::default().await;
+    h.emulator.hold_tokens();
+    let client = h.client.clone();
+    let url = format!("{}/connect/token", h.emulator.identity_url());
+    let form = "grant_type=client_credentials&client_id=integration-client&client_secret=integration-secret";
+    let pending = tokio::spawn(async move {
+        let headers = [("content-type", FORM.to_owned())];
+        send_to(&client, Method::POST, &url, &headers, Bytes::from(form)).await
+    });
+    h.emulator.wait_token_requests(1).await;
+    assert!(!pending.is_finished());
+    assert_eq!(h.emulator.tokens_issued(), 0);
+    h.emulator.release_tokens();
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(h.emulator.tokens_issued(), 1);
+    // Released: later requests are answered at once.
+    h.token("integration-client", "integration-secret").await;
+    assert_eq!(h.emulator.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn front_redirect_answers_every_app_request_with_302() {
+    let location = "https://sso.example.com/login?app=creatio";
+    let h = Harness::start(EmulatorOptions {
+        front_redirect: Some(location.to_owned()),
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let login = h.login_reply("Supervisor", "Supervisor").await;
+    assert_eq!(login.status, StatusCode::FOUND);
+    assert_eq!(login.headers[LOCATION], location);
+    assert!(login.text().contains("Object moved"));
+    assert_eq!(h.emulator.login_attempts("Supervisor"), 0);
+    assert_eq!(
+        h.get("/0/odata/Contact", &[]).await.status,
+        StatusCode::FOUND
+    );
+    // The Identity Service is not behind the front door.
+    h.token("integration-client", "integration-secret").await;
+}
+
+#[tokio::test]
+async fn lock_user_makes_the_right_password_fail_as_locked() {
+    let h = Harness::default().await;
+    h.emulator.lock_user("supervisor");
+    let reply = h.login_reply("Supervisor", "Supervisor").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["Code"], 1);
+    assert_eq!(
+        reply.json()["Message"],
+        "The user is locked. Please contact your system administrator"
+    );
+    h.emulator.unlock("Supervisor");
+    h.login("Supervisor", "Supervisor").await;
+}
+
+#[tokio::test]
+async fn forms_session_controls_leave_tokens_alone() {
+    let h = Harness::default().await;
+    let token = h.token("integration-client", "integration-secret").await;
+    h.emulator.invalidate_sessions();
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&token)).await.status,
+        StatusCode::OK
+    );
+    // Bearer requests do not count towards the countdown; the cookie request does.
+    let session = h.login("Supervisor", "Supervisor").await;
+    h.emulator.invalidate_sessions_after(1);
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.get("/0/odata/Contact", &session.headers()).await.status,
+        StatusCode::FOUND
+    );
+    assert_eq!(
+        h.get("/0/odata/Contact", &bearer(&token)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[test]

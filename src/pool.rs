@@ -76,8 +76,8 @@ pub enum ConnectKind {
     Other,
 }
 
-/// Sorts a connector error by walking its sources. rustls errors travel inside `io::Error`,
-/// whose `source()` skips the wrapped error itself, so `get_ref` is checked as well.
+/// Sorts a connector error by walking its sources. rustls errors travel inside `io::Error`s,
+/// whose `source()` skips the wrapped error itself, so for those the walk follows `get_ref`.
 fn connect_kind(e: &(dyn std::error::Error + 'static)) -> ConnectKind {
     let mut node: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = node {
@@ -85,13 +85,16 @@ fn connect_kind(e: &(dyn std::error::Error + 'static)) -> ConnectKind {
             return tls_kind(tls);
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return tls_kind(tls);
-            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return ConnectKind::Refused,
                 std::io::ErrorKind::TimedOut => return ConnectKind::TimedOut,
                 _ => {}
+            }
+            // The wrapped error is the next link (hyper-rustls wraps tokio-rustls's io::Error,
+            // which wraps the rustls::Error).
+            if let Some(inner) = io.get_ref() {
+                node = Some(inner);
+                continue;
             }
         }
         // hyper-util's connector says "dns error" for a failed name lookup (its error type

@@ -353,3 +353,91 @@ async fn environment_variables_override_the_file() {
         (1, 1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_mistakes_read_the_same_in_check_in_the_error_and_in_the_log() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // token_url at the Creatio application (the classic mistake), and a portal user on a
+    // route without ssp = true.
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[creatio]
+url = "{url}"
+[auth]
+mode = "oauth2"
+token_url = "{url}/connect/token"
+client_id = "integration-client"
+client_secret = "integration-secret"
+[[routes]]
+prefix = "/0/rest/UsrPortalService"
+identity = "portal"
+[identities.portal]
+username = "portal.user"
+password = "portal-pass"
+[log]
+format = "json"
+"#,
+        url = emu.url()
+    );
+    let path = write_config(&dir, &text);
+    let out = run_check(path.clone()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let fail_line = stdout
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "FAIL  default (client integration-client): [token_url_not_identity_service]",
+            )
+        })
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let sentence = fail_line
+        .split_once("] ")
+        .map(|(_, s)| s.to_string())
+        .expect("a sentence");
+    assert!(sentence.contains("Identity Service"), "{sentence}");
+    assert!(
+        stdout.contains("OK    portal (user portal.user)"),
+        "{stdout}"
+    );
+
+    let mut proxy = spawn(&["--config", &path]);
+    let ready = proxy.wait_for("creatio-proxy ready");
+    let addr = ready
+        .split(['"', ' ', '='])
+        .find(|t| t.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no listen address in {ready}"))
+        .to_string();
+    let c = client();
+    let r = get(&c, &format!("http://{addr}/0/odata/Contact")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        r.json()["message"],
+        sentence.as_str(),
+        "check and the proxy say the same"
+    );
+    let warn = proxy.wait_for("token_url_not_identity_service");
+    assert!(warn.contains("\"identity\":\"default\""), "{warn}");
+
+    let r = get(
+        &c,
+        &format!("http://{addr}/0/rest/UsrPortalService/GetCases"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let line = proxy.wait_for("portal user called an API without /ssp");
+    assert!(
+        line.contains("/0/rest/UsrPortalService") && line.contains("ssp = true"),
+        "{line}"
+    );
+    let (lines, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    let log = lines.join("\n");
+    assert!(
+        !log.contains("integration-secret") && !log.contains("portal-pass"),
+        "{log}"
+    );
+}

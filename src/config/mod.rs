@@ -939,15 +939,24 @@ fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     let lower = base_path.to_ascii_lowercase();
+    // The two classic mistakes: the app URL with /0, and a login page or the login service
+    // itself. Both are named with the URL that works.
+    let origin = format!("{}://{}", scheme.as_str(), authority.as_str());
     if lower == "/0" || lower.ends_with("/0") {
-        return Err(bad(
-            "ends with /0: give the application root without /0 (the proxy logs in at {root}/ServiceModel/AuthService.svc/Login, and clients send /0/... paths themselves)",
-        ));
+        let root = &base_path[..base_path.len() - 2];
+        return Err(bad(&format!(
+            "ends with /0: set creatio.url = \"{origin}{root}\", the application root without /0 (the proxy logs in at the root's ServiceModel/AuthService.svc/Login, and clients send /0/... paths themselves)"
+        )));
     }
-    if lower.contains("/login/") || lower.ends_with("/login") || lower.contains("/servicemodel") {
-        return Err(bad(
-            "points at a login page or service: give the application root, e.g. \"https://mycompany.creatio.com\"",
-        ));
+    let cut = ["/login/", "/servicemodel/"]
+        .iter()
+        .filter_map(|m| format!("{lower}/").find(m))
+        .min();
+    if let Some(at) = cut {
+        return Err(bad(&format!(
+            "points at a login page or service, not the application root: set creatio.url = \"{origin}{}\"",
+            &base_path[..at]
+        )));
     }
     if crate::routes::has_dot_segment(&base_path) {
         return Err(bad("contains a '.' or '..' segment"));
@@ -1116,6 +1125,136 @@ mod tests {
             panic!("a forms identity")
         };
         assert_eq!(password.expose(), "s3cret");
+    }
+
+    const OAUTH: &str = r#"
+        [creatio]
+        url = "https://example.creatio.com"
+        [auth]
+        mode = "oauth2"
+        token_url = "https://example-is.creatio.com/connect/token"
+        client_id = "integration"
+        client_secret = "s3cret"
+    "#;
+
+    #[test]
+    fn oauth2_identities_parse_with_form_client_auth_by_default() {
+        let c = load(OAUTH).expect("oauth2 config loads");
+        let LoginConfig::OAuth2(o) = &c.identities[0].login else {
+            panic!("an oauth2 identity")
+        };
+        assert_eq!(o.client_id, "integration");
+        assert_eq!(o.client_secret.expose(), "s3cret");
+        assert_eq!(o.client_auth, ClientAuth::Form);
+        assert_eq!(o.token_url.path_and_query, "/connect/token");
+        assert_eq!(o.token_url.host_port(), "example-is.creatio.com:443");
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let basic = load(&format!("{OAUTH}client_auth = \"basic\"\n")).expect("basic loads");
+        let LoginConfig::OAuth2(o) = &basic.identities[0].login else {
+            panic!("an oauth2 identity")
+        };
+        assert_eq!(o.client_auth, ClientAuth::Basic);
+    }
+
+    #[test]
+    fn oauth2_client_secret_comes_from_the_environment() {
+        let toml = OAUTH.replace("client_secret = \"s3cret\"", "");
+        let err = load(&toml).expect_err("no secret");
+        assert_eq!(err.key, "auth.client_secret");
+        assert!(
+            err.message.contains("CREATIO_PROXY_AUTH__CLIENT_SECRET"),
+            "{err}"
+        );
+        let env = MapEnv(HashMap::from([(
+            "CREATIO_PROXY_AUTH__CLIENT_SECRET".to_string(),
+            "007".to_string(),
+        )]));
+        let c = Config::from_figment(Figment::new().merge(Toml::string(&toml)), &env, None)
+            .expect("loads");
+        let LoginConfig::OAuth2(o) = &c.identities[0].login else {
+            panic!("an oauth2 identity")
+        };
+        assert_eq!(o.client_secret.expose(), "007");
+    }
+
+    #[test]
+    fn oauth2_mistakes_name_the_key() {
+        let cases = [
+            (
+                OAUTH.replace(
+                    "token_url = \"https://example-is.creatio.com/connect/token\"",
+                    "",
+                ),
+                "auth.token_url",
+                "Identity Service",
+            ),
+            (
+                OAUTH.replace(
+                    "https://example-is.creatio.com/connect/token",
+                    "https://example-is.creatio.com",
+                ),
+                "auth.token_url",
+                "/connect/token",
+            ),
+            (
+                OAUTH.replace("client_id = \"integration\"", ""),
+                "auth.client_id",
+                "OAuth",
+            ),
+            (
+                format!("{OAUTH}username = \"Supervisor\"\n"),
+                "auth.username",
+                "not used by mode = \"oauth2\"",
+            ),
+            (
+                format!("{OAUTH}client_auth = \"header\"\n"),
+                "auth.client_auth",
+                "\"basic\"",
+            ),
+            (
+                format!("{MINIMAL}client_id = \"x\"\n"),
+                "auth.client_id",
+                "not used by mode = \"forms\"",
+            ),
+        ];
+        for (toml, key, says) in cases {
+            let err = load(&toml).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.message.contains(says), "{key}: {err}");
+            assert!(!err.to_string().contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn creatio_url_mistakes_suggest_the_application_root() {
+        let cases = [
+            (
+                "https://example.creatio.com/0",
+                "\"https://example.creatio.com\"",
+            ),
+            (
+                "https://host/CreatioWebApp/0/",
+                "\"https://host/CreatioWebApp\"",
+            ),
+            (
+                "https://example.creatio.com/Login/NuiLogin.aspx",
+                "\"https://example.creatio.com\"",
+            ),
+            (
+                "http://host:81/App/ServiceModel/AuthService.svc/Login",
+                "\"http://host:81/App\"",
+            ),
+        ];
+        for (url, suggestion) in cases {
+            let err = load(&MINIMAL.replace("https://example.creatio.com", url)).expect_err(url);
+            assert_eq!(err.key, "creatio.url");
+            assert!(
+                err.message
+                    .contains(&format!("set creatio.url = {suggestion}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

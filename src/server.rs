@@ -225,8 +225,11 @@ fn admin_answer(req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody>
             let missing: Vec<serde_json::Value> = shared
                 .identities
                 .iter()
-                .filter(|i| i.current().is_none())
-                .map(|i| serde_json::json!({"identity": i.name().as_ref(), "reason": "no Creatio session yet (or the last login failed)"}))
+                .filter(|i| {
+                    i.current()
+                        .is_none_or(|s| s.expires_in().is_some_and(|left| left.is_zero()))
+                })
+                .map(|i| serde_json::json!({"identity": i.name().as_ref(), "reason": if i.is_oauth2() { "no valid OAuth 2.0 token yet (or the last token request failed)" } else { "no Creatio session yet (or the last login failed)" }}))
                 .collect();
             if missing.is_empty() {
                 (StatusCode::OK, r#"{"status":"ready"}"#.to_string())

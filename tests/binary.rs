@@ -43,6 +43,16 @@ impl Running {
         }
     }
 
+    /// Waits for the "ready" line and returns the client listener's address.
+    fn listen_addr(&mut self) -> String {
+        let ready = self.wait_for("creatio-proxy ready");
+        ready
+            .split(['"', ' ', '='])
+            .find(|t| t.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no listen address in {ready}"))
+            .to_string()
+    }
+
     /// SIGTERM by PID, then every remaining stderr line and the exit code.
     fn terminate(mut self) -> (Vec<String>, Option<i32>) {
         let status = Command::new("kill")
@@ -133,12 +143,7 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
         let dir = tempfile::tempdir().expect("tempdir");
         let path = write_config(&dir, &config(&emu, format));
         let mut proxy = spawn(&["--config", &path]);
-        let ready = proxy.wait_for("creatio-proxy ready");
-        let addr = ready
-            .split(['"', ' ', '='])
-            .find(|t| t.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no listen address in {ready}"))
-            .to_string();
+        let addr = proxy.listen_addr();
         let c = client();
         let url = |p: &str| format!("http://{addr}{p}");
 
@@ -405,12 +410,7 @@ format = "json"
     );
 
     let mut proxy = spawn(&["--config", &path]);
-    let ready = proxy.wait_for("creatio-proxy ready");
-    let addr = ready
-        .split(['"', ' ', '='])
-        .find(|t| t.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no listen address in {ready}"))
-        .to_string();
+    let addr = proxy.listen_addr();
     let c = client();
     let r = get(&c, &format!("http://{addr}/0/odata/Contact")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);

@@ -1,9 +1,9 @@
 //! `creatio-proxy demo`: the emulator and the proxy on loopback, shown working.
 //!
 //! Starts the built-in emulator on a free port, the proxy on `--listen` (or a free port when that
-//! one is taken) with a default identity and a portal route, runs three example requests through
-//! it, prints what came back and the curl lines to repeat them, then serves until Ctrl-C
-//! (`--once`: exit after the examples).
+//! one is taken) with a default identity, a portal route and an OAuth 2.0 route, runs four
+//! example requests through it, prints what came back and the curl lines to repeat them, then
+//! serves until Ctrl-C (`--once`: exit after the examples).
 
 use std::net::SocketAddr;
 
@@ -59,8 +59,19 @@ identity = "portal"
 [identities.portal]
 username = "portal.user"
 password = "portal-pass"
+
+[[routes]]
+prefix = "/0/rest/UsrIntegrationService"
+identity = "api"
+
+[identities.api]
+mode = "oauth2"
+token_url = "{is}/connect/token"
+client_id = "integration-client"
+client_secret = "integration-secret"
 "#,
-            url = emulator.url()
+            url = emulator.url(),
+            is = emulator.identity_url()
         )
     };
     let mut server = None;
@@ -94,11 +105,15 @@ password = "portal-pass"
     println!("creatio-proxy demo");
     println!("  Creatio emulator (not Creatio): {}", emulator.url());
     println!(
+        "  its Identity Service (OAuth):   {}",
+        emulator.identity_url()
+    );
+    println!(
         "  proxy:                          http://{addr}   (no credentials needed by clients)\n"
     );
     let base = format!("http://{addr}");
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let examples: [(&str, Method, String, Option<&str>); 3] = [
+    let examples: [(&str, Method, String, Option<&str>); 4] = [
         (
             "list contacts (OData 4)",
             Method::GET,
@@ -115,6 +130,12 @@ password = "portal-pass"
             "call a portal service (route with ssp = true, identity portal.user)",
             Method::GET,
             "/0/rest/UsrPortalService/GetCases".into(),
+            None,
+        ),
+        (
+            "call a service as an OAuth 2.0 client (identity api: a bearer token, no cookies)",
+            Method::GET,
+            "/0/rest/UsrIntegrationService/Ping".into(),
             None,
         ),
     ];
@@ -154,14 +175,16 @@ password = "portal-pass"
         }
     }
     println!(
-        "Creatio logins so far: Supervisor {}, portal.user {} (one per identity, shared by every request)\n",
+        "Creatio logins so far: Supervisor {}, portal.user {}; OAuth tokens: {} (one per identity, shared by every request)\n",
         emulator.logins("Supervisor"),
-        emulator.logins("portal.user")
+        emulator.logins("portal.user"),
+        emulator.tokens_issued()
     );
     println!("Try it yourself (paste into another terminal):");
     println!("  curl -s {base}/0/odata/Contact");
     println!("  curl -s -X POST {base}/0/odata/Contact -H 'Content-Type: application/json' -d '{{\"Name\":\"Grace Hopper\"}}'");
     println!("  curl -s {base}/0/rest/UsrPortalService/GetCases");
+    println!("  curl -s {base}/0/rest/UsrIntegrationService/Ping");
     if once {
         let _ = stop_tx.send(());
         let _ = serving.await;

@@ -320,7 +320,14 @@ fn demo_shows_the_proxy_working() {
         "{stdout}"
     );
     assert!(stdout.contains("\"user\":\"portal.user\""), "{stdout}");
-    assert!(stdout.contains("Supervisor 1, portal.user 1"), "{stdout}");
+    assert!(
+        stdout.contains("GET /0/rest/UsrIntegrationService/Ping -> 200 OK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Supervisor 1, portal.user 1; OAuth tokens: 1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
 }
 

@@ -68,11 +68,23 @@ pub enum ProxyError {
         retry_after: Duration,
     },
     /// The request met an expired session right after a fresh login.
-    #[error("Creatio rejected the request as unauthenticated again right after a fresh login (identity \"{identity}\"); check the user's rights and that creatio.url is the application root")]
+    #[error("{}", expired_again(identity, *oauth2))]
     ExpiredAgain {
         /// Identity name.
         identity: String,
+        /// The identity uses bearer tokens.
+        oauth2: bool,
     },
+}
+
+fn expired_again(identity: &str, oauth2: bool) -> String {
+    if oauth2 {
+        // A brand-new token refused: Creatio trusts another Identity Service (a test Identity
+        // Service paired with a production Creatio, say).
+        format!("Creatio rejected a token issued a moment ago (identity \"{identity}\"): check that creatio.url's Creatio is connected to the Identity Service of token_url (Creatio's system setting OAuth20IdentityServerUrl), and the client's rights")
+    } else {
+        format!("Creatio rejected the request as unauthenticated again right after a fresh login (identity \"{identity}\"); check the user's rights and that creatio.url is the application root")
+    }
 }
 
 impl ProxyError {
@@ -133,7 +145,7 @@ impl ProxyError {
                     retry_after = Some(secs);
                 }
             }
-            ProxyError::ExpiredAgain { identity } => body["identity"] = json!(identity),
+            ProxyError::ExpiredAgain { identity, .. } => body["identity"] = json!(identity),
             ProxyError::ReloginPaused {
                 identity,
                 retry_after: ra,

@@ -70,8 +70,12 @@ pub enum ConnectKind {
     Refused,
     /// No TCP connection within `creatio.connect_timeout`.
     TimedOut,
-    /// The TLS handshake failed on the server's certificate.
+    /// The server's certificate is not signed by a trusted CA (or is otherwise refused).
     Certificate,
+    /// The server's certificate does not name the host connected to.
+    CertificateName,
+    /// The server's certificate has expired or is not valid yet.
+    CertificateExpired,
     /// Anything else (other TLS failures, resets, ...).
     Other,
 }
@@ -109,7 +113,19 @@ fn connect_kind(e: &(dyn std::error::Error + 'static)) -> ConnectKind {
 
 fn tls_kind(e: &rustls::Error) -> ConnectKind {
     match e {
-        rustls::Error::InvalidCertificate(_) => ConnectKind::Certificate,
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. } => {
+                ConnectKind::CertificateName
+            }
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. } => {
+                ConnectKind::CertificateExpired
+            }
+            _ => ConnectKind::Certificate,
+        },
         _ => ConnectKind::Other,
     }
 }

@@ -271,7 +271,9 @@ where
     .await?;
     match inspect(response, shared.upstream_timeout).await? {
         Inspected::Pass(response)
-            if response.status() == StatusCode::FORBIDDEN && !has_ssp(&uri) =>
+            if response.status() == StatusCode::FORBIDDEN
+                && !decision.ssp
+                && !has_ssp(parts.uri.path()) =>
         {
             // Rare: boxed like `recover`.
             let response = Box::pin(portal_hint(
@@ -346,14 +348,15 @@ where
             identity.replay_refused(&shared.login);
             Err(ProxyError::ExpiredAgain {
                 identity: identity.name().to_string(),
+                oauth2: identity.is_oauth2(),
             })
         }
     }
 }
 
-/// True when the path already carries the `/ssp` segment where the /ssp rule puts it.
-fn has_ssp(uri: &Uri) -> bool {
-    matches!(apply_ssp(uri.path()), Cow::Borrowed(_))
+/// True when the client's path already carries the `/ssp` segment where the /ssp rule puts it.
+fn has_ssp(path: &str) -> bool {
+    matches!(apply_ssp(path), Cow::Borrowed(_))
 }
 
 /// Creatio's URI for a client's request target: the client's path and query under

@@ -58,6 +58,9 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
         let client = build_upstream(config)?;
         let shared = Shared::new(config, client.clone());
+        for identity in &shared.identities {
+            identity.keep_fresh(shared.login_context());
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -428,6 +428,7 @@ format = "json"
     );
     let warn = proxy.wait_for("token_url_not_identity_service");
     assert!(warn.contains("\"identity\":\"default\""), "{warn}");
+    assert!(warn.contains(&sentence), "the log says the same: {warn}");
 
     let r = get(
         &c,

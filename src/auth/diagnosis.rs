@@ -103,6 +103,22 @@ impl std::fmt::Display for LoginFailure {
     }
 }
 
+/// Text a server sent (a message, a `Location`, an `error_description`), made safe to quote
+/// in one log line or JSON string: control characters become spaces, and it is cut at 200
+/// characters.
+pub fn quoted(text: &str) -> String {
+    const LIMIT: usize = 200;
+    let mut out: String = text
+        .chars()
+        .take(LIMIT)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(LIMIT).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// The diagnosis and sentence for a request to `target` (host:port) that got no answer.
 /// `key` is the config key that names the server (`creatio.url`, `auth.token_url`).
 pub fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis, String) {
@@ -123,6 +139,14 @@ pub fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis
         UpstreamError::Connect(ConnectKind::Certificate, detail) => (
             Diagnosis::Certificate,
             format!("the TLS certificate of {target} is not trusted ({detail}): if the server uses a private or corporate CA, give that CA's PEM file as creatio.ca_file"),
+        ),
+        UpstreamError::Connect(ConnectKind::CertificateName, detail) => (
+            Diagnosis::Certificate,
+            format!("the TLS certificate of {target} is not valid for the name {host} ({detail}): use in {key} the host name the certificate was issued for"),
+        ),
+        UpstreamError::Connect(ConnectKind::CertificateExpired, detail) => (
+            Diagnosis::Certificate,
+            format!("the TLS certificate of {target} has expired or is not valid yet ({detail}): renew it on the server (or check this machine's clock)"),
         ),
         UpstreamError::Connect(ConnectKind::Other, detail) => (
             Diagnosis::Unreachable,

@@ -13,7 +13,7 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use super::diagnosis::{network_failure, Diagnosis, LoginFailure, Server};
+use super::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::is_login_location;
 use super::{Jar, LoginContext};
 use crate::body::ProxyBody;
@@ -118,11 +118,14 @@ fn judge(
     let reply: Option<LoginReply> = serde_json::from_slice(bytes).ok();
 
     if status.is_redirection() {
-        let location = parts
-            .headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("?");
+        let location = quoted(
+            parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?"),
+        );
+        let location = location.as_str();
         let advice = if is_login_location(location) {
             "something in front of Creatio (an SSO gateway or a load balancer) sends API calls to a login page; creatio.url must reach the Creatio application directly".to_string()
         } else {
@@ -144,7 +147,7 @@ fn judge(
             .as_ref()
             .and_then(|r| r.message.clone())
             .filter(|m| !m.is_empty())
-            .map(|m| format!(" ({m})"))
+            .map(|m| format!(" ({})", quoted(&m)))
             .unwrap_or_default();
         let (diagnosis, hint) = match status {
             StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => (
@@ -201,22 +204,35 @@ fn refusal(username: &str, code: i64, reply: LoginReply) -> LoginFailure {
     let said = reply
         .message
         .filter(|m| !m.is_empty())
+        .map(|m| quoted(&m))
         .unwrap_or_else(|| format!("Code {code}"));
+    let lower = said.to_ascii_lowercase();
     if reply.password_change_url.is_some_and(|u| !u.is_empty()) {
         return fail(
             Diagnosis::PasswordExpired,
             format!("the password of Creatio user \"{username}\" has expired (Creatio: \"{said}\"): change it in Creatio, then give the proxy the new password"),
         );
     }
-    if said.to_ascii_lowercase().contains("lock") {
+    // Creatio's English texts; a localised message falls through to the general case, which
+    // still quotes it.
+    if lower.contains("is locked")
+        || lower.contains("locked out")
+        || lower.contains("has been locked")
+    {
         return fail(
             Diagnosis::UserLocked,
             format!("Creatio user \"{username}\" is locked (Creatio: \"{said}\"): unlock it in Creatio (System Designer, System users); the proxy retries on its back-off schedule and never hammers the account"),
         );
     }
+    if lower.contains("user name or password") || lower.contains("username or password") {
+        return fail(
+            Diagnosis::WrongCredentials,
+            format!("Creatio refused the login of user \"{username}\" (Creatio: \"{said}\"): check the username and password of this identity (or its _PASSWORD environment variable)"),
+        );
+    }
     fail(
-        Diagnosis::WrongCredentials,
-        format!("Creatio refused the login of user \"{username}\" (Creatio: \"{said}\"): check the username and password of this identity (or its _PASSWORD environment variable)"),
+        Diagnosis::LoginRefused,
+        format!("Creatio refused the login of user \"{username}\" (Creatio: \"{said}\"): Creatio's message says why; check the user in Creatio (active, licensed, allowed to log in from here)"),
     )
 }
 
@@ -244,4 +260,49 @@ async fn read_limited(mut body: crate::pool::PeerBody) -> Result<Vec<u8>, hyper:
         }
     }
     Ok(crate::body::concat(chunks, total).to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diagnosis_of(message: &str, change_url: Option<&str>) -> Diagnosis {
+        let reply = LoginReply {
+            code: Some(1),
+            message: Some(message.to_string()),
+            password_change_url: change_url.map(str::to_string),
+        };
+        refusal("u", 1, reply).diagnosis
+    }
+
+    #[test]
+    fn refusals_are_sorted_by_creatios_message() {
+        assert_eq!(
+            diagnosis_of("Either user name or password specified incorrectly", None),
+            Diagnosis::WrongCredentials
+        );
+        assert_eq!(
+            diagnosis_of(
+                "The user is locked. Please contact your system administrator",
+                None
+            ),
+            Diagnosis::UserLocked
+        );
+        assert_eq!(
+            diagnosis_of(
+                "Password expired",
+                Some("/Login/NuiLogin.aspx?pwdExpired=true")
+            ),
+            Diagnosis::PasswordExpired
+        );
+        // Not every refusal is a wrong password, and "block" or "clock" is not "locked".
+        assert_eq!(
+            diagnosis_of("No license available for the user", None),
+            Diagnosis::LoginRefused
+        );
+        assert_eq!(
+            diagnosis_of("Login blocked by the clock skew check", None),
+            Diagnosis::LoginRefused
+        );
+    }
 }

@@ -93,11 +93,15 @@ impl std::fmt::Debug for Session {
 /// sent. Renewal starts a fifth of the lifetime before expiry, at most 60 s before; the token
 /// is not sent in its last tenth (at most 5 s), so that it never arrives expired.
 pub fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, Instant) {
-    let lifetime = lifetime.max(Duration::from_secs(1));
+    // An absurd `expires_in` must not overflow the clock; a token is renewed at least monthly.
+    let lifetime = lifetime.clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
     let lead = (lifetime / 5).min(Duration::from_secs(60));
     let margin = (lifetime / 10).min(Duration::from_secs(5));
     (started + (lifetime - lead), started + (lifetime - margin))
 }
+
+/// Longest token lifetime believed.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Settings every login shares.
 #[derive(Clone)]
@@ -168,6 +172,8 @@ pub struct Identity {
     relogin: Mutex<ReloginGuard>,
     /// A background token renewal is under way.
     refreshing: AtomicBool,
+    /// Woken whenever a session is published (or its renewal time moves).
+    published: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -209,6 +215,7 @@ impl Identity {
             logins: AtomicU64::new(0),
             relogin: Mutex::new(ReloginGuard::default()),
             refreshing: AtomicBool::new(false),
+            published: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -304,18 +311,20 @@ impl Identity {
                 return Ok(s);
             }
         }
+        // During a back-off the session in hand stays: a token whose background renewal failed
+        // is still good until it expires, whatever one odd answer said.
+        let now = Instant::now();
+        if let (Some(at), Some(err)) = (gate.retry_at, &gate.last_error) {
+            if now < at {
+                return Err(self.login_error(err, Some(at - now)));
+            }
+        }
         // The session in hand is the stale one (or there is none): it must not be used again,
         // and late answers to it must not re-publish it. Both happen under the jar lock, which
         // `absorb` holds while it publishes, and generation 0 matches no answer.
         if let Ok(mut state) = self.jar.lock() {
             state.generation = 0;
             self.current.store(None);
-        }
-        let now = Instant::now();
-        if let (Some(at), Some(err)) = (gate.retry_at, &gate.last_error) {
-            if now < at {
-                return Err(self.login_error(err, Some(at - now)));
-            }
         }
         self.attempt(ctx, &mut gate).await
     }
@@ -325,11 +334,74 @@ impl Identity {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let me = self.clone();
+        /// Clears the flag however the renewal ends (a panic included).
+        struct Done(Arc<Identity>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.refreshing.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(self.clone());
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            me.refresh(&ctx, generation).await;
-            me.refreshing.store(false, Ordering::Release);
+            done.0.refresh(&ctx, generation).await;
+            drop(done);
+        });
+    }
+
+    /// Keeps an oauth2 identity's token fresh while no request comes: a task that starts each
+    /// renewal at the token's renewal time, so an idle proxy never lets its token lapse (and
+    /// `/readyz` stays true). With no token left after failures, it tries again after the
+    /// longest back-off. The task ends when the identity is dropped. Forms sessions slide
+    /// with use and need no keeper.
+    pub fn keep_fresh(self: &Arc<Self>, ctx: &LoginContext) {
+        if !self.is_oauth2() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let published = self.published.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                let notified = published.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let Some(me) = weak.upgrade() else { return };
+                let due = me
+                    .current()
+                    .and_then(|s| s.refresh_at.map(|at| (at, s.generation)));
+                match due {
+                    Some((at, generation)) if Instant::now() >= at => {
+                        me.refresh_in_background(&ctx, generation);
+                        drop(me);
+                        notified.await;
+                    }
+                    Some((at, _)) => {
+                        drop(me);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = &mut notified => {}
+                        }
+                    }
+                    None if me.logins() > 0 => {
+                        // The token is gone and the last renewal failed: try again after the
+                        // longest back-off (a request may well do it sooner).
+                        drop(me);
+                        tokio::select! {
+                            _ = tokio::time::sleep(ctx.backoff_max) => {}
+                            _ = &mut notified => continue,
+                        }
+                        let Some(me) = weak.upgrade() else { return };
+                        if me.current().is_none() {
+                            let _ = me.renew(&ctx, None).await;
+                        }
+                    }
+                    None => {
+                        drop(me);
+                        notified.await;
+                    }
+                }
+            }
         });
     }
 
@@ -358,6 +430,7 @@ impl Identity {
                     .store(Some(Arc::new(s.with_refresh_at(retry_at))));
             }
         }
+        self.published.notify_waiters();
     }
 
     /// One login or token request, with its bookkeeping: publish the session, or count the
@@ -369,10 +442,14 @@ impl Identity {
     ) -> Result<Arc<Session>, ProxyError> {
         let attempt = tokio::time::timeout(ctx.timeout, self.obtain(ctx)).await;
         let attempt = attempt.unwrap_or_else(|_| {
+            let (what, target) = match &self.login {
+                LoginConfig::Forms { .. } => ("the login at", ctx.creatio.host_port()),
+                LoginConfig::OAuth2(o) => ("the token request to", o.token_url.host_port()),
+            };
             Err(LoginFailure::new(
                 Diagnosis::Unreachable,
                 self.server(),
-                format!("the login did not complete within {:?}", ctx.timeout),
+                format!("{what} {target} did not complete within {:?}: check that it is reachable from here and not overloaded", ctx.timeout),
             ))
         });
         match attempt {
@@ -414,6 +491,7 @@ impl Identity {
                     state.jar = jar;
                     self.current.store(Some(session.clone()));
                 }
+                self.published.notify_waiters();
                 self.logins.fetch_add(1, Ordering::Relaxed);
                 match session.expires_in() {
                     None => {

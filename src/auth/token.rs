@@ -16,7 +16,7 @@ use base64::Engine as _;
 use http::{header, HeaderValue, Method, Request, Uri};
 use serde::Deserialize;
 
-use super::diagnosis::{Diagnosis, LoginFailure, Server};
+use super::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::{is_login_location, is_login_page};
 use super::login::{exchange, looks_html};
 use crate::body::ProxyBody;
@@ -138,11 +138,14 @@ fn judge(
     };
 
     if status.is_redirection() {
-        let location = parts
-            .headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("?");
+        let location = quoted(
+            parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?"),
+        );
+        let location = location.as_str();
         if is_login_location(location) {
             return Err(fail(
                 Diagnosis::TokenUrlNotIdentityService,
@@ -163,15 +166,26 @@ fn judge(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
     if html || looks_html(bytes) {
-        let what = if is_login_page(bytes) {
-            "Creatio's HTML login page"
-        } else {
-            "an HTML page"
-        };
+        // A login page, or any HTML page served as a success, is not an Identity Service. An
+        // HTML error page (a 502 from a gateway in front of a healthy URL) is a failure of
+        // that server, and must not send the user off to change a correct token_url.
+        let login_page = is_login_page(bytes);
+        if login_page || status.is_success() {
+            let what = if login_page {
+                "Creatio's HTML login page"
+            } else {
+                "an HTML page"
+            };
+            return Err(fail(
+                Diagnosis::TokenUrlNotIdentityService,
+                format!("token_url ({url}) answered with {what} instead of a token: {not_is}{same_host}"),
+            ));
+        }
         return Err(fail(
-            Diagnosis::TokenUrlNotIdentityService,
+            Diagnosis::TokenResponseInvalid,
             format!(
-                "token_url ({url}) answered with {what} instead of a token: {not_is}{same_host}"
+                "token_url ({url}) answered HTTP {} with an HTML error page: the Identity Service, or a gateway in front of it, is failing",
+                status.as_u16()
             ),
         ));
     }
@@ -181,19 +195,24 @@ fn judge(
             .as_ref()
             .and_then(|r| r.error_description.as_deref())
             .filter(|d| !d.is_empty())
-            .map(|d| format!(" ({d})"))
+            .map(|d| format!(" ({})", quoted(d)))
             .unwrap_or_default();
-        let advice = match error {
-            "invalid_client" => "check client_id and client_secret against the OAuth integrated application in Creatio (System Designer, OAuth 2.0 integrated applications)",
-            "unauthorized_client" => "allow the client credentials grant for this integrated application in Creatio",
-            "unsupported_grant_type" => "token_url must be a token endpoint that supports the client_credentials grant",
-            "invalid_scope" => "the Identity Service refuses the requested scope",
-            _ => "see the Identity Service's log",
+        let error = quoted(error);
+        let (diagnosis, advice) = match error.as_str() {
+            "invalid_client" => (Diagnosis::ClientRejected, "check client_id and client_secret against the OAuth integrated application in Creatio (System Designer, OAuth 2.0 integrated applications)"),
+            "unauthorized_client" => (Diagnosis::ClientRejected, "allow the client credentials grant for this integrated application in Creatio"),
+            "unsupported_grant_type" => (Diagnosis::TokenResponseInvalid, "token_url must be a token endpoint that supports the client_credentials grant"),
+            _ => (Diagnosis::TokenResponseInvalid, "see the Identity Service's log"),
+        };
+        let verb = if diagnosis == Diagnosis::ClientRejected {
+            "refused client"
+        } else {
+            "answered the token request of client"
         };
         return Err(fail(
-            Diagnosis::ClientRejected,
+            diagnosis,
             format!(
-                "the Identity Service refused client \"{}\" with {error}{described} (HTTP {}): {advice}",
+                "the Identity Service {verb} \"{}\" with {error}{described} (HTTP {}): {advice}",
                 config.client_id,
                 status.as_u16()
             ),
@@ -227,13 +246,17 @@ fn judge(
     {
         return Err(fail(
             Diagnosis::TokenResponseInvalid,
-            format!("the Identity Service issued a token of type \"{kind}\"; Creatio takes Bearer tokens"),
+            format!(
+                "the Identity Service issued a token of type \"{}\"; Creatio takes Bearer tokens",
+                quoted(kind)
+            ),
         ));
     }
     let lifetime = match &reply.expires_in {
         None => DEFAULT_LIFETIME,
         Some(v) => v
             .as_u64()
+            .or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .map(Duration::from_secs)
             .ok_or_else(|| {
@@ -254,4 +277,88 @@ fn judge(
         authorization,
         lifetime,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> (OAuth2Config, CreatioUrl) {
+        let c = crate::config::Config::from_toml_str(
+            "[creatio]\nurl = \"https://crm.example.com\"\n[auth]\nmode = \"oauth2\"\ntoken_url = \"https://crm-is.example.com/connect/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+        )
+        .expect("config");
+        let crate::config::LoginConfig::OAuth2(o) = c.identities[0].login.clone() else {
+            panic!("oauth2")
+        };
+        (o, c.creatio)
+    }
+
+    fn judged(status: u16, content_type: &str, body: &str) -> Result<Token, LoginFailure> {
+        let (o, creatio) = config();
+        let (parts, ()) = http::Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(())
+            .expect("response")
+            .into_parts();
+        judge(&o, &creatio, parts, body.as_bytes())
+    }
+
+    #[test]
+    fn answers_are_sorted_into_their_diagnoses() {
+        let diagnosis = |status, ct, body| judged(status, ct, body).err().map(|f| f.diagnosis);
+        let html = "text/html; charset=utf-8";
+        let json = "application/json";
+        assert_eq!(
+            diagnosis(200, html, "<html><form id=\"IndexForm\" action=\"./NuiLogin.aspx?ReturnUrl=%2fconnect%2ftoken\">"),
+            Some(Diagnosis::TokenUrlNotIdentityService)
+        );
+        // A gateway's error page in front of a correct token_url is not "the wrong URL".
+        assert_eq!(
+            diagnosis(502, html, "<html><body>502 Bad Gateway</body></html>"),
+            Some(Diagnosis::TokenResponseInvalid)
+        );
+        assert_eq!(
+            diagnosis(400, json, r#"{"error":"invalid_client"}"#),
+            Some(Diagnosis::ClientRejected)
+        );
+        assert_eq!(
+            diagnosis(503, json, r#"{"error":"temporarily_unavailable"}"#),
+            Some(Diagnosis::TokenResponseInvalid)
+        );
+        assert_eq!(
+            diagnosis(200, json, r#"{"token_type":"Bearer"}"#),
+            Some(Diagnosis::TokenResponseInvalid)
+        );
+        let ok = judged(200, json, r#"{"access_token":"abc","expires_in":3600.0}"#).expect("token");
+        assert_eq!(ok.lifetime, Duration::from_secs(3600));
+        assert!(ok.authorization.is_sensitive());
+    }
+
+    #[test]
+    fn server_text_is_quoted_on_one_short_line() {
+        let f = judged(
+            400,
+            "application/json",
+            &format!(
+                r#"{{"error":"invalid_client","error_description":"a\nforged line {}"}}"#,
+                "x".repeat(500)
+            ),
+        )
+        .err()
+        .expect("refused");
+        assert!(!f.message.contains('\n'));
+        assert!(f.message.len() < 700, "{}", f.message.len());
+    }
+
+    #[test]
+    fn an_absurd_lifetime_does_not_overflow_the_clock() {
+        let now = tokio::time::Instant::now();
+        let (refresh, expiry) = crate::auth::token_schedule(now, Duration::from_secs(u64::MAX));
+        assert!(now < refresh && refresh < expiry);
+        let (refresh, expiry) = crate::auth::token_schedule(now, Duration::from_secs(3600));
+        assert_eq!(refresh - now, Duration::from_secs(3540));
+        assert_eq!(expiry - now, Duration::from_secs(3595));
+    }
 }

@@ -627,13 +627,16 @@ impl SecretEnv for RealEnv {
 }
 
 fn apply_secret_env(file: &mut ConfigFile, env: &dyn SecretEnv) {
+    // Each variable applies only to the mode that uses it: an exported
+    // CREATIO_PROXY_AUTH__PASSWORD must not break an [auth] that has moved to oauth2.
     let apply = |id: &mut IdentityFile, section: &str| {
         let base = format!("{ENV_PREFIX}{section}__");
-        if let Some(v) = env.get(&format!("{base}PASSWORD")) {
+        let oauth2 = id.mode.as_deref() == Some("oauth2");
+        if let Some(v) = env.get(&format!("{base}PASSWORD")).filter(|_| !oauth2) {
             id.password = Some(Secret::new(v));
             id.password_file = None;
         }
-        if let Some(v) = env.get(&format!("{base}CLIENT_SECRET")) {
+        if let Some(v) = env.get(&format!("{base}CLIENT_SECRET")).filter(|_| oauth2) {
             id.client_secret = Some(Secret::new(v));
             id.client_secret_file = None;
         }

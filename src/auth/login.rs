@@ -102,6 +102,16 @@ pub(super) async fn exchange(
     Ok((parts, bytes))
 }
 
+/// A redirect's `Location`, safe to quote.
+pub(super) fn location_of(headers: &http::HeaderMap) -> String {
+    quoted(
+        headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?"),
+    )
+}
+
 /// True when a body starts like HTML.
 pub(super) fn looks_html(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
@@ -118,13 +128,7 @@ fn judge(
     let reply: Option<LoginReply> = serde_json::from_slice(bytes).ok();
 
     if status.is_redirection() {
-        let location = quoted(
-            parts
-                .headers
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?"),
-        );
+        let location = location_of(&parts.headers);
         let location = location.as_str();
         let advice = if is_login_location(location) {
             "something in front of Creatio (an SSO gateway or a load balancer) sends API calls to a login page; creatio.url must reach the Creatio application directly".to_string()

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::{is_login_location, is_login_page};
-use super::login::{exchange, looks_html};
+use super::login::{exchange, location_of, looks_html};
 use crate::body::ProxyBody;
 use crate::config::{ClientAuth, CreatioUrl, OAuth2Config};
 use crate::pool::Upstream;
@@ -138,13 +138,7 @@ fn judge(
     };
 
     if status.is_redirection() {
-        let location = quoted(
-            parts
-                .headers
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?"),
-        );
+        let location = location_of(&parts.headers);
         let location = location.as_str();
         if is_login_location(location) {
             return Err(fail(

@@ -128,11 +128,20 @@ identity = "portal"
 [identities.portal]
 username = "portal.user"
 password = "{WRONG_PORTAL_PASSWORD}"
+[[routes]]
+prefix = "/0/rest/UsrApi"
+identity = "api"
+[identities.api]
+mode = "oauth2"
+token_url = "{is}/connect/token"
+client_id = "integration-client"
+client_secret = "integration-secret"
 [log]
 format = "{format}"
 level = "debug"
 "#,
-        url = emu.url()
+        url = emu.url(),
+        is = emu.identity_url()
     )
 }
 
@@ -178,6 +187,17 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
         assert_eq!(r.status, StatusCode::CREATED);
         let r = get(&c, &url("/0/rest/UsrPortalService/Get")).await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        // An oauth2 identity: a token request, a bearer call, a revoked token and a new one.
+        assert_eq!(
+            get(&c, &url("/0/rest/UsrApi/Ping")).await.status,
+            StatusCode::OK
+        );
+        emu.revoke_tokens();
+        assert_eq!(
+            get(&c, &url("/0/rest/UsrApi/Ping")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(emu.tokens_issued(), 2);
         proxy.wait_for("relogin");
         let (lines, code) = proxy.terminate();
         assert_eq!(code, Some(0), "SIGTERM: exit 0 ({format})");
@@ -185,6 +205,7 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
 
         // The logs are not empty: they say what happened.
         assert!(log.contains("logged in to Creatio"), "{log}");
+        assert!(log.contains("obtained an OAuth 2.0 token"), "{log}");
         assert!(
             log.contains("Either user name or password specified incorrectly"),
             "{log}"
@@ -200,6 +221,7 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
             PASSWORD.to_string(),
             WRONG_PORTAL_PASSWORD.to_string(),
             CLIENT_BEARER.to_string(),
+            "integration-secret".to_string(),
         ];
         for s in emu.seen() {
             if let Some(line) = s.headers.get("cookie").and_then(|v| v.to_str().ok()) {
@@ -211,6 +233,11 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
             }
             if let Some(v) = s.headers.get("bpmcsrf").and_then(|v| v.to_str().ok()) {
                 secrets.push(v.to_string());
+            }
+            if let Some(v) = s.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                if let Some(token) = v.strip_prefix("Bearer ") {
+                    secrets.push(token.to_string());
+                }
             }
         }
         assert!(

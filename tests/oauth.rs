@@ -210,6 +210,39 @@ async fn an_idle_proxy_renews_its_token_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_keeps_the_current_token_in_use() {
+    // 15 s tokens: the renewal (started by the proxy itself at 12 s) fails; the token is still
+    // good until 13.5 s and must go on being used, without a retry per request.
+    let emu = emulator(EmulatorOptions {
+        token_lifetime: Duration::from_secs(15),
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;
+    let c = client();
+    let url = proxy.url("/0/odata/Contact");
+    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
+    emu.set_token_fault(Some(TokenFault::NoAccessToken));
+    tokio::time::timeout(Duration::from_secs(30), emu.wait_token_requests(2))
+        .await
+        .expect("the renewal was tried");
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(1), get(&c, &url))
+            .await
+            .expect("no request waits");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    assert_eq!(emu.tokens_issued(), 1);
+    assert_eq!(emu.token_requests(), 2, "the failed renewal backs off");
+    let bearers = bearers_seen(&emu, "/0/odata/Contact");
+    assert!(
+        bearers.iter().all(|b| *b == bearers[0]),
+        "the first token throughout"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_replaced_once_and_the_request_replayed_once() {
     let emu = emulator(EmulatorOptions::default()).await;
     let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::auth::diagnosis::network_failure;
-use crate::auth::expiry::{classify, is_login_page, Verdict, LOGIN_PAGE_SCAN};
+use crate::auth::expiry::{classify, is_login_page, is_non_ssp_refusal, Verdict, LOGIN_PAGE_SCAN};
 use crate::auth::{Identity, LoginContext, Session};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
 use crate::config::{Config, CreatioUrl, Secret};
@@ -499,7 +499,7 @@ async fn portal_hint(
         }
         other => return Ok(Response::from_parts(parts, other)),
     };
-    if !contains_ci(&head, b"non-ssp api") {
+    if !is_non_ssp_refusal(&head) {
         return Ok(response);
     }
     let route = decision
@@ -525,12 +525,6 @@ async fn portal_hint(
         response.headers_mut().insert(HINT_HEADER.clone(), value);
     }
     Ok(response)
-}
-
-fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn head_of(chunks: &VecDeque<Bytes>, n: usize) -> Vec<u8> {

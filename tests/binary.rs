@@ -131,17 +131,13 @@ password = "{WRONG_PORTAL_PASSWORD}"
 [[routes]]
 prefix = "/0/rest/UsrApi"
 identity = "api"
-[identities.api]
-mode = "oauth2"
-token_url = "{is}/connect/token"
-client_id = "integration-client"
-client_secret = "integration-secret"
+{api}
 [log]
 format = "{format}"
 level = "debug"
 "#,
         url = emu.url(),
-        is = emu.identity_url()
+        api = oauth_identity(emu, "[identities.api]")
     )
 }
 

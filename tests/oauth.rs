@@ -17,25 +17,23 @@ const CLIENT_SECRET: &str = "integration-secret";
 
 /// `[auth]` as an oauth2 identity of `emu`'s Identity Service, plus `extra`.
 fn oauth_toml(emu: &Emulator, server_extra: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{server_extra}
+    config_with_auth(emu, server_extra, &oauth_identity(emu, "[auth]"), extra)
+}
 
-[creatio]
-url = "{url}"
-
-[auth]
-mode = "oauth2"
-token_url = "{is}/connect/token"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-{extra}
-"#,
-        url = emu.url(),
-        is = emu.identity_url()
-    )
+/// An emulator issuing tokens for `lifetime`, a proxy with an oauth2 `[auth]`, and one request
+/// through it (so the first token is in use).
+async fn with_first_token(lifetime: Duration) -> (Emulator, TestProxy, TestClient, String) {
+    let emu = emulator(EmulatorOptions {
+        token_lifetime: lifetime,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;
+    let c = client();
+    let url = proxy.url("/0/odata/Contact");
+    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
+    assert_eq!(emu.tokens_issued(), 1);
+    (emu, proxy, c, url)
 }
 
 /// The `Authorization` values Creatio received on `path`, in order.
@@ -87,6 +85,7 @@ async fn many_concurrent_requests_share_one_token_and_carry_no_cookies() {
         1,
         "one token for 50 concurrent requests"
     );
+    assert_eq!(emu.token_auth(), vec!["form"], "form fields by default");
     assert_eq!(
         emu.logins("Supervisor"),
         0,
@@ -116,16 +115,7 @@ async fn many_concurrent_requests_share_one_token_and_carry_no_cookies() {
 async fn a_token_is_renewed_before_it_expires_without_anyone_waiting() {
     // 15 s tokens: renewal starts at 12 s, and the token is no longer sent from 13.5 s. The
     // 1.5 s between is the time this test has to see the renewal start, on a loaded machine.
-    let emu = emulator(EmulatorOptions {
-        token_lifetime: Duration::from_secs(15),
-        ..EmulatorOptions::default()
-    })
-    .await;
-    let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;
-    let c = client();
-    let url = proxy.url("/0/odata/Contact");
-    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
-    assert_eq!(emu.tokens_issued(), 1);
+    let (emu, proxy, c, url) = with_first_token(Duration::from_secs(15)).await;
 
     // From now on the Identity Service takes token requests but does not answer them. Every
     // request below that completes therefore used the first token and did not wait for the
@@ -187,17 +177,7 @@ async fn a_token_is_renewed_before_it_expires_without_anyone_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_proxy_renews_its_token_by_itself() {
     // 3 s tokens: renewal at 2.4 s. No request is sent after the first one.
-    let emu = emulator(EmulatorOptions {
-        token_lifetime: Duration::from_secs(3),
-        ..EmulatorOptions::default()
-    })
-    .await;
-    let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;
-    let c = client();
-    assert_eq!(
-        get(&c, &proxy.url("/0/odata/Contact")).await.status,
-        StatusCode::OK
-    );
+    let (emu, proxy, _, _) = with_first_token(Duration::from_secs(3)).await;
     tokio::time::timeout(Duration::from_secs(20), emu.wait_token_requests(3))
         .await
         .expect("the token is renewed, twice, with no request coming");
@@ -213,15 +193,7 @@ async fn an_idle_proxy_renews_its_token_by_itself() {
 async fn a_failed_renewal_keeps_the_current_token_in_use() {
     // 15 s tokens: the renewal (started by the proxy itself at 12 s) fails; the token is still
     // good until 13.5 s and must go on being used, without a retry per request.
-    let emu = emulator(EmulatorOptions {
-        token_lifetime: Duration::from_secs(15),
-        ..EmulatorOptions::default()
-    })
-    .await;
-    let proxy = proxy_from_toml(&oauth_toml(&emu, "", "")).await;
-    let c = client();
-    let url = proxy.url("/0/odata/Contact");
-    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
+    let (emu, proxy, c, url) = with_first_token(Duration::from_secs(15)).await;
     emu.set_token_fault(Some(TokenFault::NoAccessToken));
     tokio::time::timeout(Duration::from_secs(30), emu.wait_token_requests(2))
         .await
@@ -294,7 +266,11 @@ async fn basic_client_authentication_works_too() {
     let c = client();
     let r = get(&c, &proxy.url("/0/odata/Contact")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(emu.tokens_issued(), 1);
+    assert_eq!(
+        emu.token_auth(),
+        vec!["basic"],
+        "the secret went in HTTP Basic"
+    );
     proxy.stop().await;
 }
 
@@ -404,23 +380,11 @@ async fn a_failing_token_endpoint_backs_off() {
 
 /// Forms identity `[auth]` on every path, oauth2 identity `api` on /0/rest/UsrApi.
 fn mixed_toml(emu: &Emulator) -> String {
+    let api = oauth_identity(emu, "[identities.api]");
     config_toml(
         emu,
         "login_backoff = \"30s\"",
-        &format!(
-            r#"
-[[routes]]
-prefix = "/0/rest/UsrApi"
-identity = "api"
-
-[identities.api]
-mode = "oauth2"
-token_url = "{is}/connect/token"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-"#,
-            is = emu.identity_url()
-        ),
+        &format!("[[routes]]\nprefix = \"/0/rest/UsrApi\"\nidentity = \"api\"\n\n{api}"),
     )
 }
 

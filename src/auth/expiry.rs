@@ -44,11 +44,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
             }
         }
         200 => {
-            let html = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.len() >= 9 && ct[..9].eq_ignore_ascii_case("text/html"));
-            if html {
+            if is_html(headers) {
                 Verdict::Inspect
             } else {
                 Verdict::Pass
@@ -56,6 +52,15 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
         }
         _ => Verdict::Pass,
     }
+}
+
+/// True when the `Content-Type` is `text/html` (any case, any parameters).
+pub fn is_html(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"text/html"))
+    })
 }
 
 /// True when a `Location` points at one of Creatio's login pages under `/Login/`
@@ -82,10 +87,22 @@ pub fn is_login_page(head: &[u8]) -> bool {
         b"authservice.svc/login",
     ];
     let head = &head[..head.len().min(LOGIN_PAGE_SCAN)];
-    let lower = head.to_ascii_lowercase();
-    MARKERS
-        .iter()
-        .any(|m| lower.windows(m.len()).any(|w| w == *m))
+    MARKERS.iter().any(|m| contains_ci(head, m))
+}
+
+/// True when the start of a 403 is Creatio's "Access to non-SSP API is denied for portal
+/// users" (reference, Addendum).
+pub fn is_non_ssp_refusal(head: &[u8]) -> bool {
+    contains_ci(head, b"non-ssp api")
+}
+
+/// ASCII case-insensitive search. `needle` is one of this module's non-empty constants
+/// (`windows(0)` would panic).
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]

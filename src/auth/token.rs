@@ -17,7 +17,7 @@ use http::{header, HeaderValue, Method, Request, Uri};
 use serde::Deserialize;
 
 use super::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
-use super::expiry::{is_login_location, is_login_page};
+use super::expiry::{is_html, is_login_location, is_login_page};
 use super::login::{exchange, location_of, looks_html};
 use crate::body::ProxyBody;
 use crate::config::{ClientAuth, CreatioUrl, OAuth2Config};
@@ -154,12 +154,7 @@ fn judge(
             ),
         ));
     }
-    let html = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
-    if html || looks_html(bytes) {
+    if is_html(&parts.headers) || looks_html(bytes) {
         // A login page, or any HTML page served as a success, is not an Identity Service. An
         // HTML error page (a 502 from a gateway in front of a healthy URL) is a failure of
         // that server, and must not send the user off to change a correct token_url.

@@ -799,35 +799,25 @@ fn read_secret(
 }
 
 fn parse_token_url(key: &str, v: Option<&str>) -> Result<TokenUrl, ConfigError> {
-    let HttpUrl {
-        uri,
-        scheme,
-        authority,
-        shown,
-        v,
-    } = parse_http_url(
+    let url = parse_http_url(
         key,
         v,
         "the Identity Service's token endpoint",
         "https://mycompany-is.creatio.com/connect/token",
     )?;
-    let bad = |why: &str| ConfigError::new(key, format!("\"{shown}\" {why}"));
-    if v.contains('#') {
-        return Err(bad("must not have a fragment"));
-    }
-    let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
+    let path_and_query = match url.uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") | Some("/") => {
-            return Err(bad(
+            return Err(url.bad(
                 "has no path: the token endpoint is usually {identity service}/connect/token",
             ))
         }
         Some(p) => p.to_string(),
     };
     Ok(TokenUrl {
-        scheme,
-        authority,
+        scheme: url.scheme,
+        authority: url.authority,
         path_and_query,
-        display: shown,
+        display: url.shown,
     })
 }
 
@@ -875,22 +865,30 @@ fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
     })
 }
 
-/// A URL value checked for what every URL key needs: http or https, a host, no credentials.
-struct HttpUrl<'a> {
+/// A URL value checked for what every URL key needs: http or https, a host, no credentials,
+/// no fragment.
+struct HttpUrl {
+    key: String,
     uri: Uri,
     scheme: Scheme,
     authority: Authority,
     /// The URL as it may be quoted in messages.
     shown: String,
-    v: &'a str,
 }
 
-fn parse_http_url<'a>(
+impl HttpUrl {
+    /// An error for this key that quotes the URL.
+    fn bad(&self, why: &str) -> ConfigError {
+        ConfigError::new(&self.key, format!("\"{}\" {why}", self.shown))
+    }
+}
+
+fn parse_http_url(
     key: &str,
-    v: Option<&'a str>,
+    v: Option<&str>,
     what: &str,
     example: &str,
-) -> Result<HttpUrl<'a>, ConfigError> {
+) -> Result<HttpUrl, ConfigError> {
     let v = v.filter(|v| !v.is_empty()).ok_or_else(|| {
         ConfigError::new(key, format!("missing: give {what}, e.g. \"{example}\""))
     })?;
@@ -913,32 +911,28 @@ fn parse_http_url<'a>(
     if authority.host().is_empty() {
         return Err(bad("has no host"));
     }
+    if v.contains('#') {
+        return Err(bad("must not have a fragment"));
+    }
     Ok(HttpUrl {
+        key: key.to_string(),
         uri,
         scheme,
         authority,
         shown,
-        v,
     })
 }
 
 fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
-    const KEY: &str = "creatio.url";
-    let HttpUrl {
-        uri,
-        scheme,
-        authority,
-        shown,
-        v,
-    } = parse_http_url(
-        KEY,
+    let url = parse_http_url(
+        "creatio.url",
         v,
         "the Creatio application root",
         "https://mycompany.creatio.com",
     )?;
-    let bad = |why: &str| ConfigError::new(KEY, format!("\"{shown}\" {why}"));
-    if uri.query().is_some() || v.contains('#') {
-        return Err(bad("must not have a query or fragment"));
+    let (uri, scheme, authority) = (&url.uri, &url.scheme, &url.authority);
+    if uri.query().is_some() {
+        return Err(url.bad("must not have a query"));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     let lower = base_path.to_ascii_lowercase();
@@ -946,8 +940,9 @@ fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
     // itself. Both are named with the URL that works.
     let origin = format!("{}://{}", scheme.as_str(), authority.as_str());
     if lower == "/0" || lower.ends_with("/0") {
+        // Cannot panic: the path ends with the two ASCII bytes "/0".
         let root = &base_path[..base_path.len() - 2];
-        return Err(bad(&format!(
+        return Err(url.bad(&format!(
             "ends with /0: set creatio.url = \"{origin}{root}\", the application root without /0 (the proxy logs in at the root's ServiceModel/AuthService.svc/Login, and clients send /0/... paths themselves)"
         )));
     }
@@ -956,17 +951,19 @@ fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
         .filter_map(|m| format!("{lower}/").find(m))
         .min();
     if let Some(at) = cut {
-        return Err(bad(&format!(
+        // Cannot panic: `lower` has the same bytes as `base_path` but for ASCII case, and `at`
+        // is the position of an ASCII '/'.
+        return Err(url.bad(&format!(
             "points at a login page or service, not the application root: set creatio.url = \"{origin}{}\"",
             &base_path[..at]
         )));
     }
     if crate::routes::has_dot_segment(&base_path) {
-        return Err(bad("contains a '.' or '..' segment"));
+        return Err(url.bad("contains a '.' or '..' segment"));
     }
     Ok(CreatioUrl {
-        scheme,
-        authority,
+        scheme: scheme.clone(),
+        authority: authority.clone(),
         display: format!(
             "{}://{}{}",
             uri.scheme_str().unwrap_or("https"),

@@ -90,7 +90,7 @@ async fn token_endpoint(shared: &Shared, parts: &Parts, body: Incoming) -> Respo
     let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
     // RFC 6749 §5.2 allows 401 for a failed client authentication (and asks for it after
     // Basic), but IdentityServer answers 400 in every case. Clients must survive that.
-    let Some(client) = authenticate_client(shared, &parts.headers, &form) else {
+    let Some((client, method)) = authenticate_client(shared, &parts.headers, &form) else {
         return token_error("invalid_client", None);
     };
     if field(&form, "grant_type") != Some(GRANT) {
@@ -102,7 +102,7 @@ async fn token_endpoint(shared: &Shared, parts: &Parts, body: Incoming) -> Respo
             Some("The client is not allowed to use the client_credentials grant"),
         );
     }
-    let grant = shared.grant_token(&client.user);
+    let grant = shared.grant_token(&client.user, method);
     let expires_in = grant.lifetime.as_secs();
     let answer = match grant.token {
         Some(token) => json!({
@@ -122,22 +122,24 @@ struct Credentials {
     secret: Option<String>,
 }
 
-/// The registered client the request authenticates as, or `None` for invalid_client.
+/// The registered client the request authenticates as, and how (`"basic"` or `"form"`), or
+/// `None` for invalid_client.
 ///
 /// Basic is used when the form names no client. When both name one, they must agree.
 fn authenticate_client<'a>(
     shared: &'a Shared,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Option<&'a OAuthClient> {
+) -> Option<(&'a OAuthClient, &'static str)> {
     let basic = basic_credentials(headers).ok()?;
     let posted = field(form, "client_id").map(|id| Credentials {
         id: id.to_owned(),
         secret: field(form, "client_secret").map(str::to_owned),
     });
-    let presented = match (basic, posted) {
+    let (presented, method) = match (basic, posted) {
         (None, None) => return None,
-        (Some(credentials), None) | (None, Some(credentials)) => credentials,
+        (Some(credentials), None) => (credentials, "basic"),
+        (None, Some(credentials)) => (credentials, "form"),
         (Some(basic), Some(posted)) => {
             let agree = basic.id == posted.id
                 && posted
@@ -147,12 +149,12 @@ fn authenticate_client<'a>(
             if !agree {
                 return None;
             }
-            basic
+            (basic, "basic")
         }
     };
     let client = shared.client(&presented.id)?;
     let secret = presented.secret?;
-    same_secret(&secret, &client.client_secret).then_some(client)
+    same_secret(&secret, &client.client_secret).then_some((client, method))
 }
 
 /// Credentials from `Authorization: Basic`: `Ok(None)` without one, `Err` when it cannot be

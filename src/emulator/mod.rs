@@ -355,6 +355,12 @@ impl Emulator {
         self.shared.tokens_issued()
     }
 
+    /// How the client authenticated for each issued token, oldest first: `"form"`
+    /// (`client_id`/`client_secret` fields) or `"basic"` (HTTP Basic).
+    pub fn token_auth(&self) -> Vec<&'static str> {
+        self.shared.token_auth()
+    }
+
     /// Resolves once [`Emulator::token_requests`] is at least `n`.
     pub async fn wait_token_requests(&self, n: u64) {
         self.shared.wait_token_requests(n).await;

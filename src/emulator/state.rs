@@ -70,6 +70,8 @@ struct State {
     /// Access token → what it grants. Independent of sessions and tickets.
     tokens: HashMap<String, Token>,
     tokens_issued: u64,
+    /// How each issued token's client authenticated: `"form"` or `"basic"`.
+    token_auth: Vec<&'static str>,
     token_lifetime: Duration,
     token_fault: Option<TokenFault>,
     clock_offset: Duration,
@@ -201,6 +203,7 @@ impl Shared {
                 invalidate_countdown: None,
                 tokens: HashMap::new(),
                 tokens_issued: 0,
+                token_auth: Vec::new(),
                 token_lifetime: options.token_lifetime,
                 token_fault: None,
                 clock_offset: Duration::ZERO,
@@ -443,7 +446,7 @@ impl Shared {
     }
 
     /// Issues a token acting as `user`, valid for the current lifetime on the emulator clock.
-    pub(super) fn grant_token(&self, user: &str) -> Grant {
+    pub(super) fn grant_token(&self, user: &str, method: &'static str) -> Grant {
         let mut guard = self.lock();
         let st = &mut *guard;
         let lifetime = st.token_lifetime;
@@ -463,6 +466,7 @@ impl Shared {
         };
         st.tokens.insert(token.clone(), entry);
         st.tokens_issued += 1;
+        st.token_auth.push(method);
         Grant {
             token: Some(token),
             lifetime,
@@ -488,6 +492,10 @@ impl Shared {
 
     pub(super) fn tokens_issued(&self) -> u64 {
         self.lock().tokens_issued
+    }
+
+    pub(super) fn token_auth(&self) -> Vec<&'static str> {
+        self.lock().token_auth.clone()
     }
 
     pub(super) fn revoke_tokens(&self) {

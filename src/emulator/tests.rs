@@ -131,7 +131,10 @@ impl Harness {
         );
         let reply = self.token_reply(&[], &form).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        reply.json()["access_token"].as_str().unwrap().to_owned()
+        reply.json()["access_token"]
+            .as_str()
+            .expect("a token answer has access_token")
+            .to_owned()
     }
 
     async fn get(&self, path: &str, headers: &[(&str, String)]) -> Reply {
@@ -183,14 +186,18 @@ async fn send_to(
         request = request.header(*name, value);
     }
     let response = client
-        .request(request.body(Full::new(body)).unwrap())
+        .request(request.body(Full::new(body)).expect("a valid test request"))
         .await
-        .unwrap();
+        .expect("the emulator answers");
     let (parts, body) = response.into_parts();
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
+        body: body
+            .collect()
+            .await
+            .expect("the answer body arrives")
+            .to_bytes(),
     }
 }
 
@@ -716,7 +723,7 @@ async fn shutdown_stops_accepting() {
         .identity_url()
         .trim_start_matches("http://")
         .parse()
-        .unwrap();
+        .expect("identity_url is http://IP:PORT");
     h.emulator.shutdown();
     // Once shut down, connecting eventually fails on both listeners. Poll by trying to
     // connect (no sleeps): each accept loop stops at its next turn.
@@ -754,7 +761,10 @@ async fn token_by_form_fields_and_by_basic() {
     );
     assert_eq!(reply.headers["cache-control"], "no-store");
     let answer = reply.json();
-    let first = answer["access_token"].as_str().unwrap().to_owned();
+    let first = answer["access_token"]
+        .as_str()
+        .expect("a token answer has access_token")
+        .to_owned();
     assert!(first.len() >= 64, "{first}");
     assert!(first
         .bytes()
@@ -872,7 +882,12 @@ async fn bearer_token_needs_no_cookie_or_csrf() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert!(reply.headers.get(SET_COOKIE).is_none());
     assert_eq!(
-        h.emulator.seen().last().unwrap().user.as_deref(),
+        h.emulator
+            .seen()
+            .last()
+            .expect("the request was recorded")
+            .user
+            .as_deref(),
         Some("Supervisor")
     );
 
@@ -897,7 +912,14 @@ async fn assert_bearer_refused(h: &Harness, token: &str) {
             json!({"Message": "Authorization has been denied for this request."}),
             "{path}"
         );
-        assert_eq!(h.emulator.seen().last().unwrap().user, None);
+        assert_eq!(
+            h.emulator
+                .seen()
+                .last()
+                .expect("the request was recorded")
+                .user,
+            None
+        );
     }
 }
 
@@ -981,7 +1003,10 @@ async fn no_access_token_fault_and_token_lifetime() {
     h.emulator.set_token_fault(None);
     let reply = h.token_reply(&[], form).await;
     assert_eq!(reply.json()["expires_in"], 60);
-    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    let token = reply.json()["access_token"]
+        .as_str()
+        .expect("a token answer has access_token")
+        .to_owned();
     h.emulator.advance_clock(Duration::from_secs(61));
     assert_eq!(
         h.get("/0/odata/Contact", &bearer(&token)).await.status,
@@ -1004,7 +1029,7 @@ async fn held_token_requests_wait_for_release() {
     assert!(!pending.is_finished());
     assert_eq!(h.emulator.tokens_issued(), 0);
     h.emulator.release_tokens();
-    let reply = pending.await.unwrap();
+    let reply = pending.await.expect("the held token request completes");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(h.emulator.tokens_issued(), 1);
     // Released: later requests are answered at once.

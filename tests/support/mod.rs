@@ -49,8 +49,33 @@ impl TestProxy {
     }
 }
 
-/// The standard config for `emulator` plus `extra` TOML (routes, identities, server keys).
+/// The standard config for `emulator`: `[auth]` is the forms user Supervisor, plus `extra`
+/// TOML (routes, identities) and `server_extra` keys.
 pub fn config_toml(emulator: &Emulator, server_extra: &str, extra: &str) -> String {
+    config_with_auth(
+        emulator,
+        server_extra,
+        "[auth]\nusername = \"Supervisor\"\npassword = \"Supervisor\"\n",
+        extra,
+    )
+}
+
+/// The emulator's default OAuth client, as the TOML table `table` (`[auth]`,
+/// `[identities.api]`).
+pub fn oauth_identity(emulator: &Emulator, table: &str) -> String {
+    format!(
+        "{table}\nmode = \"oauth2\"\ntoken_url = \"{}/connect/token\"\nclient_id = \"integration-client\"\nclient_secret = \"integration-secret\"\n",
+        emulator.identity_url()
+    )
+}
+
+/// A config for `emulator` with `auth` as the `[auth]` table (and anything after it).
+pub fn config_with_auth(
+    emulator: &Emulator,
+    server_extra: &str,
+    auth: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -60,10 +85,7 @@ listen = "127.0.0.1:0"
 [creatio]
 url = "{url}"
 
-[auth]
-username = "Supervisor"
-password = "Supervisor"
-
+{auth}
 {extra}
 "#,
         url = emulator.url()

@@ -1,7 +1,8 @@
-//! The command line: `run` (default), `check`, `demo`, `emulator`.
+//! The command line: `run` (default), `check`, `health`, `demo`, `emulator`.
 //!
-//! Exit codes: 0 success; 1 `check` found a problem or the proxy failed at run time;
-//! 64 the command line or the config file is wrong (EX_USAGE).
+//! Exit codes: 0 success; 1 `check` found a problem, `health` got no 2xx, or the proxy failed at
+//! run time; 64 the command line or the config file is wrong, or `run` was started as root
+//! (EX_USAGE).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,16 @@ enum Command {
     Run,
     /// Validate the config, log each identity in once, print OK or a diagnosis per identity.
     Check,
+    /// GET an admin URL once and exit 0 on a 2xx answer, 1 otherwise: a container
+    /// HEALTHCHECK that needs no shell or curl.
+    Health {
+        /// The URL to ask (plain http).
+        #[arg(long, default_value = "http://127.0.0.1:5090/healthz")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Start the built-in Creatio emulator and the proxy in front of it, and show it working.
     Demo {
         /// Where the demo proxy listens (a free port is taken if this one is busy).
@@ -75,6 +86,10 @@ pub fn main() -> i32 {
             let Some(config) = load(cli.config.as_deref()) else {
                 return EXIT_USAGE;
             };
+            if let Some(refusal) = refuse_root(config.allow_root) {
+                eprintln!("creatio-proxy: {refusal}");
+                return EXIT_USAGE;
+            }
             crate::telemetry::init(&config.log, true);
             let code = runtime.block_on(run(config));
             crate::telemetry::flush();
@@ -86,6 +101,7 @@ pub fn main() -> i32 {
             };
             runtime.block_on(crate::check::check(&config))
         }
+        Command::Health { url, timeout } => runtime.block_on(health(&url, timeout)),
         Command::Demo { listen, once } => runtime.block_on(crate::demo::demo(listen, once)),
         Command::Emulator { listen } => runtime.block_on(crate::demo::emulator_only(listen)),
     }
@@ -104,6 +120,57 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(cores)
             .enable_all()
             .build()
+    }
+}
+
+/// The proxy needs no privilege (it binds high ports and reads its files), so running it as
+/// root only widens what a bug could do; `run` refuses unless `server.allow_root = true`
+/// (`CREATIO_PROXY_SERVER__ALLOW_ROOT=true`).
+fn refuse_root(allowed: bool) -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    if allowed {
+        eprintln!("creatio-proxy: warning: running as root because server.allow_root = true");
+        return None;
+    }
+    Some(
+        "refusing to run as root (uid 0): run as an unprivileged user (the image uses uid 65532), \
+         or set server.allow_root = true (CREATIO_PROXY_SERVER__ALLOW_ROOT=true) to override"
+            .to_string(),
+    )
+}
+
+/// `health`: one GET, exit 0 on 2xx.
+async fn health(url: &str, timeout: std::time::Duration) -> i32 {
+    use http_body_util::Empty;
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("health: {url} is not a URL: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    match tokio::time::timeout(timeout, client.get(uri)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {
+            println!("{url}: {}", resp.status());
+            0
+        }
+        Ok(Ok(resp)) => {
+            println!("{url}: {}", resp.status());
+            1
+        }
+        Ok(Err(e)) => {
+            eprintln!("health: {url}: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("health: {url}: no answer within {timeout:?}");
+            1
+        }
     }
 }
 
@@ -135,7 +202,7 @@ async fn run(config: Config) -> i32 {
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     tracing::info!(
         listen = %addr,
-        admin = ?server.admin_addr(),
+        admin = %server.admin_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),
         creatio = %config.creatio.display,
         identities = config.identities.len(),
         routes = config.routes.len(),

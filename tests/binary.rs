@@ -53,6 +53,18 @@ impl Running {
             .to_string()
     }
 
+    /// Waits for the "ready" line and returns the admin listener's address.
+    fn admin_addr(&mut self) -> String {
+        let ready = self.wait_for("creatio-proxy ready");
+        let mut tokens = ready.split(['"', ' ', '=', ',']).filter(|t| !t.is_empty());
+        tokens
+            .find(|t| *t == "admin")
+            .and_then(|_| tokens.next())
+            .filter(|t| t.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no admin address in {ready}"))
+            .to_string()
+    }
+
     /// SIGTERM by PID, then every remaining stderr line and the exit code.
     fn terminate(mut self) -> (Vec<String>, Option<i32>) {
         let status = Command::new("kill")
@@ -69,27 +81,36 @@ impl Running {
 }
 
 fn spawn(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .env_remove("RUST_LOG")
+        // CI runs as root; the refusal itself is tested in `run_refuses_root_...`.
+        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    Running::from_child(child)
+}
+
+impl Running {
+    /// Follows the stderr of a started child.
+    fn from_child(mut child: Child) -> Running {
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
         }
-    });
-    Running {
-        child,
-        lines: rx,
-        seen: Vec::new(),
     }
 }
 
@@ -306,6 +327,7 @@ fn a_bad_config_exits_64_and_names_the_key() {
     let path = write_config(&dir, "[creatio]\nurl = \"https://x.example\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n[[routes]]\nprefix = \"/0/rest/X\"\nidentity = \"nobody\"\n");
     let out = Command::new(BIN)
         .args(["--config", &path])
+        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(64));
@@ -471,4 +493,86 @@ format = "json"
         !log.contains("integration-secret") && !log.contains("portal-pass"),
         "{log}"
     );
+}
+
+#[test]
+fn health_exits_0_only_on_a_2xx_from_the_admin_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Creatio is not needed for /healthz: the process answers it while it runs.
+    let path = write_config(
+        &dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"http://127.0.0.1:9\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+    );
+    let mut proxy = spawn(&["--config", &path]);
+    let admin = proxy.admin_addr();
+    let health = |url: String| {
+        Command::new(BIN)
+            .args(["health", "--url", &url])
+            .output()
+            .expect("runs")
+    };
+    let ok = health(format!("http://{admin}/healthz"));
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("200"),
+        "{ok:?}"
+    );
+    // /readyz is 503 here (Creatio cannot be reached), so health of it fails.
+    let not_ready = health(format!("http://{admin}/readyz"));
+    assert_eq!(not_ready.status.code(), Some(1), "{not_ready:?}");
+    assert!(String::from_utf8_lossy(&not_ready.stdout).contains("503"));
+    let (_, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    // Nothing listens any more.
+    let gone = health(format!("http://{admin}/healthz"));
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+}
+
+/// `run` refuses uid 0 unless `server.allow_root = true`, and starts as an unprivileged user.
+/// The refusal half needs root (CI runs as root); the other half drops to uid 65532 with
+/// util-linux's `setpriv`, which needs root as well.
+#[test]
+fn run_refuses_root_and_starts_unprivileged() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to start the proxy as root and as uid 65532");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"http://127.0.0.1:9\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n";
+    let path = write_config(&dir, text);
+    let out = Command::new(BIN)
+        .args(["--config", &path])
+        .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to run as root") && stderr.contains("server.allow_root"),
+        "{stderr}"
+    );
+
+    // The same config as uid 65532: it starts (readable config in a world-readable dir).
+    let shared_dir = std::env::temp_dir().join(format!("creatio-proxy-uid-{}", std::process::id()));
+    std::fs::create_dir_all(&shared_dir).expect("dir");
+    let shared_path = shared_dir.join("config.toml");
+    std::fs::write(&shared_path, text).expect("write");
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=65532",
+            "--regid=65532",
+            "--clear-groups",
+            BIN,
+            "--config",
+        ])
+        .arg(&shared_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let mut proxy = Running::from_child(child);
+    proxy.listen_addr();
+    let (_, code) = proxy.terminate();
+    let _ = std::fs::remove_dir_all(&shared_dir);
+    assert_eq!(code, Some(0));
 }

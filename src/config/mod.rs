@@ -85,6 +85,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// `run` may start as root.
+    pub allow_root: bool,
 }
 
 /// What to do with a path that no `[[routes]]` prefix matches.
@@ -557,6 +559,7 @@ impl Config {
             default_identity,
             routes,
             log,
+            allow_root: s.allow_root.unwrap_or(false),
         })
     }
 }

@@ -91,7 +91,8 @@ pub fn main() -> i32 {
                 return EXIT_USAGE;
             }
             crate::telemetry::init(&config.log, true);
-            let code = runtime.block_on(run(config));
+            let path = cli.config.unwrap_or_default();
+            let code = runtime.block_on(run(config, path));
             crate::telemetry::flush();
             code
         }
@@ -188,7 +189,7 @@ fn load(path: Option<&std::path::Path>) -> Option<Config> {
     }
 }
 
-async fn run(config: Config) -> i32 {
+async fn run(config: Config, path: PathBuf) -> i32 {
     let server = match crate::server::Server::bind(&config).await {
         Ok(s) => s,
         Err(e) => {
@@ -208,6 +209,7 @@ async fn run(config: Config) -> i32 {
         routes = config.routes.len(),
         "creatio-proxy ready"
     );
+    tokio::spawn(crate::server::reload_on_sighup(server.reloader(), path));
     server.serve(crate::server::shutdown_signal()).await;
     tracing::info!("stopped");
     0

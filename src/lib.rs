@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod emulator;
 pub mod error;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod routes;

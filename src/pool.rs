@@ -268,6 +268,7 @@ impl Upstream {
                         upstream: self.clone(),
                         sender,
                     }),
+                    counter: None,
                 }
             }
         })
@@ -323,6 +324,8 @@ struct Release {
 pub struct PeerBody {
     inner: Incoming,
     release: Option<Release>,
+    /// Counts the data bytes that pass (the metrics' body byte counters).
+    counter: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for Release {
@@ -337,7 +340,14 @@ impl PeerBody {
         PeerBody {
             inner,
             release: None,
+            counter: None,
         }
+    }
+
+    /// The same body, adding the size of every data frame to `counter`.
+    pub fn counted(mut self, counter: &prometheus_client::metrics::counter::Counter) -> Self {
+        self.counter = Some(counter.clone());
+        self
     }
 }
 
@@ -370,6 +380,11 @@ impl Body for PeerBody {
                 }
             }
             _ => {}
+        }
+        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counter, &polled) {
+            if let Some(data) = frame.data_ref() {
+                counter.inc_by(data.len() as u64);
+            }
         }
         polled
     }

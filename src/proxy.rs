@@ -30,11 +30,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -44,6 +47,7 @@ use crate::auth::{Identity, LoginContext, Session};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
 use crate::config::{Config, CreatioUrl, Secret};
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, Replay, RouteMetrics};
 use crate::pool::{PeerBody, Upstream, UpstreamError};
 use crate::routes::{apply_ssp, has_dot_segment, RouteDecision, RouteTable};
 use crate::upstream::{remove_hop_by_hop, strip_client_credentials, BPMCSRF_HEADER};
@@ -53,7 +57,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// State shared by every request; built once from the config.
+/// State shared by every request, built from one config. A reload builds a new one and
+/// swaps it in ([`Live`]); requests under way finish with the one they started with.
 pub struct Shared {
     /// Identities, indexed as in the config.
     pub identities: Vec<Arc<Identity>>,
@@ -66,22 +71,55 @@ pub struct Shared {
     route_prefixes: Vec<Arc<str>>,
     /// Creatio's host:port, for error messages.
     target: String,
+    client: Upstream,
+    /// Per route, in config order, then one for paths no route matches.
+    route_metrics: Box<[RouteMetrics]>,
+    metrics: Arc<Metrics>,
+    /// The config this state was built from.
+    pub config: Config,
 }
 
 impl Shared {
-    /// Builds the shared state.
+    /// Builds the shared state with metrics of its own (for `check`).
     pub fn new(config: &Config, client: Upstream) -> Arc<Shared> {
+        Shared::build(config, client, Arc::new(Metrics::new()), &[])
+    }
+
+    /// Builds the shared state. An identity in `keep` whose config is unchanged is kept,
+    /// session and all; the others start without a session.
+    pub fn build(
+        config: &Config,
+        client: Upstream,
+        metrics: Arc<Metrics>,
+        keep: &[Arc<Identity>],
+    ) -> Arc<Shared> {
+        let identities = config
+            .identities
+            .iter()
+            .map(|i| {
+                keep.iter()
+                    .find(|old| old.same_config(i))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let oauth2 = matches!(i.login, crate::config::LoginConfig::OAuth2(_));
+                        Arc::new(Identity::new(i, &client, metrics.identity(&i.name, oauth2)))
+                    })
+            })
+            .collect();
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| Some(r.prefix.as_str()))
+            .chain([None])
+            .map(|prefix| metrics.route(prefix))
+            .collect();
         Arc::new(Shared {
-            identities: config
-                .identities
-                .iter()
-                .map(|i| Arc::new(Identity::new(i, &client)))
-                .collect(),
+            identities,
             routes: RouteTable::new(config),
             creatio: config.creatio.clone(),
             replay_limit: config.replay_buffer,
             upstream_timeout: config.upstream_timeout,
-            login: LoginContext::new(config, client),
+            login: LoginContext::new(config, client.clone()),
             client_tokens: config.client_tokens.clone(),
             route_prefixes: config
                 .routes
@@ -89,6 +127,10 @@ impl Shared {
                 .map(|r| Arc::from(r.prefix.as_str()))
                 .collect(),
             target: config.creatio.host_port(),
+            client,
+            route_metrics,
+            metrics,
+            config: config.clone(),
         })
     }
 
@@ -96,7 +138,26 @@ impl Shared {
     pub fn login_context(&self) -> &LoginContext {
         &self.login
     }
+
+    /// The connection pool to Creatio.
+    pub fn client(&self) -> &Upstream {
+        &self.client
+    }
+
+    /// The metrics this state counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metric handles of route `index` (`None`: no route matched).
+    fn route_metrics(&self, index: Option<usize>) -> &RouteMetrics {
+        let last = self.route_metrics.len() - 1;
+        &self.route_metrics[index.unwrap_or(last).min(last)]
+    }
 }
+
+/// The state requests use now; a reload swaps it.
+pub type Live = ArcSwap<Shared>;
 
 /// Facts about a forwarded request, attached to the answer for the access log.
 #[derive(Debug, Clone, Copy)]
@@ -191,7 +252,7 @@ enum PreparedBody {
 }
 
 async fn prepare_body(
-    body: Incoming,
+    body: PeerBody,
     limit: usize,
     deadline: Duration,
 ) -> Result<PreparedBody, ProxyError> {
@@ -200,10 +261,10 @@ async fn prepare_body(
         return Ok(PreparedBody::Replayable(Bytes::new()));
     }
     if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
-        return Ok(PreparedBody::Streaming(ProxyBody::Stream(body.into())));
+        return Ok(PreparedBody::Streaming(ProxyBody::Stream(body)));
     }
     // A client that announces a body and then stalls must not hold the request forever.
-    match tokio::time::timeout(deadline, read_ahead(body.into(), limit)).await {
+    match tokio::time::timeout(deadline, read_ahead(body, limit)).await {
         Err(_) => Err(ProxyError::ClientBody(format!(
             "the body did not arrive within {deadline:?}"
         ))),
@@ -249,9 +310,14 @@ where
     remove_hop_by_hop(&mut parts.headers);
     strip_client_credentials(&mut parts.headers);
 
+    let body = PeerBody::from(body).counted(&shared.metrics.bytes_in);
     let body = prepare_body(body, shared.replay_limit, shared.upstream_timeout).await?;
     let session = identity.session(&shared.login).await?;
     let target = &shared.target;
+    let observe = Observe {
+        latency: &shared.route_metrics(decision.route).upstream,
+        bytes_out: &shared.metrics.bytes_out,
+    };
 
     let (first_body, replay) = match body {
         PreparedBody::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some(bytes)),
@@ -267,6 +333,7 @@ where
         first_body,
         shared.upstream_timeout,
         target,
+        observe,
     )
     .await?;
     match inspect(response, shared.upstream_timeout).await? {
@@ -292,12 +359,13 @@ where
             // into a box on every request).
             Box::pin(recover(
                 inner,
-                shared,
+                shared.clone(),
                 identity,
                 session.generation,
                 parts.method,
                 uri,
                 replay.zip(spare_headers),
+                decision.route,
             ))
             .await
         }
@@ -306,6 +374,7 @@ where
 
 /// After an expired-session answer: renew the session (or take the one another request just
 /// made) and replay the request once, if its body was kept.
+#[allow(clippy::too_many_arguments)]
 async fn recover<S>(
     mut inner: S,
     shared: Arc<Shared>,
@@ -314,6 +383,7 @@ async fn recover<S>(
     method: Method,
     uri: Uri,
     replay: Option<(Bytes, HeaderMap)>,
+    route: Option<usize>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     S: UpstreamService,
@@ -326,7 +396,12 @@ where
     }
     let fresh = identity.renew(&shared.login, Some(stale)).await?;
     let Some((bytes, headers)) = replay else {
+        identity.metrics().replay(Replay::NotReplayable);
         return Err(ProxyError::ExpiredDuringUpload);
+    };
+    let observe = Observe {
+        latency: &shared.route_metrics(route).upstream,
+        bytes_out: &shared.metrics.bytes_out,
     };
     let response = send(
         &mut inner,
@@ -337,14 +412,17 @@ where
         ProxyBody::full(bytes),
         shared.upstream_timeout,
         &shared.target,
+        observe,
     )
     .await?;
     match inspect(response, shared.upstream_timeout).await? {
         Inspected::Pass(response) => {
             identity.replay_worked();
+            identity.metrics().replay(Replay::Ok);
             Ok(finish(response, &identity, fresh.generation, true))
         }
         Inspected::Expired => {
+            identity.metrics().replay(Replay::ExpiredAgain);
             identity.replay_refused(&shared.login);
             Err(ProxyError::ExpiredAgain {
                 identity: identity.name().to_string(),
@@ -391,6 +469,13 @@ fn upstream_uri(creatio: &CreatioUrl, client: &Uri, ssp: bool) -> Result<Uri, Pr
         .map_err(|_| ProxyError::BadRequestTarget)
 }
 
+/// Where [`send`] records what it saw.
+#[derive(Clone, Copy)]
+struct Observe<'a> {
+    latency: &'a Histogram,
+    bytes_out: &'a Counter,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send<S>(
     inner: &mut S,
@@ -401,6 +486,7 @@ async fn send<S>(
     body: ProxyBody,
     timeout: Duration,
     target: &str,
+    observe: Observe<'_>,
 ) -> Result<Response<PeerBody>, ProxyError>
 where
     S: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>,
@@ -424,10 +510,14 @@ where
         cause: network_failure(&e, target, "creatio.url").1,
     };
     let svc = inner.ready().await.map_err(unreachable)?;
+    let started = Instant::now();
     match tokio::time::timeout(timeout, svc.call(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         Ok(Err(e)) => Err(unreachable(e)),
-        Ok(Ok(r)) => Ok(r),
+        Ok(Ok(r)) => {
+            observe.latency.observe(started.elapsed().as_secs_f64());
+            Ok(r.map(|b| b.counted(observe.bytes_out)))
+        }
     }
 }
 
@@ -613,28 +703,18 @@ fn login_success_response() -> Response<ProxyBody> {
 // === impl Gateway ===
 
 /// The front service: request id, inbound access, path checks, routing, errors, access log.
+/// Each request takes the state that is live when it arrives and keeps it to the end.
 #[derive(Clone)]
-pub struct Gateway<S> {
-    inner: S,
-    shared: Arc<Shared>,
+pub struct Gateway {
+    live: Arc<Live>,
 }
 
-/// The full stack for `shared` over `client`.
-pub fn stack(shared: Arc<Shared>, client: Upstream) -> Gateway<Auth<Upstream>> {
-    Gateway {
-        inner: AuthLayer::new(shared.clone()).layer(client),
-        shared,
-    }
+/// The full stack over the live state.
+pub fn stack(live: Arc<Live>) -> Gateway {
+    Gateway { live }
 }
 
-impl<S> Service<Request<Incoming>> for Gateway<S>
-where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl Service<Request<Incoming>> for Gateway {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
@@ -646,14 +726,14 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let request_id = request_id(req.headers());
-        let shared = self.shared.clone();
+        let shared = self.live.load_full();
         let decided = admit(&shared, &req);
         let method = req.method().clone();
         let path: Arc<str> = Arc::from(req.uri().path());
-        let mut inner = self.inner.clone();
+        let mut inner = AuthLayer::new(shared.clone()).layer(shared.client.clone());
         Box::pin(async move {
-            let (result, identity, route) = match decided {
-                Err(e) => (Err(e), None, None),
+            let (result, identity, route, route_index) = match decided {
+                Err(e) => (Err(e), None, None, None),
                 Ok(decision) => {
                     req.extensions_mut().insert(decision);
                     let identity = shared
@@ -667,7 +747,7 @@ where
                         Ok(svc) => svc.call(req).await,
                         Err(e) => Err(e),
                     };
-                    (result, identity, route)
+                    (result, identity, route, decision.route)
                 }
             };
             let mut response = match result {
@@ -678,6 +758,9 @@ where
                 }
             };
             let outcome = response.extensions().get::<Outcome>().copied();
+            shared
+                .route_metrics(route_index)
+                .count(&method, response.status().as_u16());
             response
                 .headers_mut()
                 .insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -7,6 +7,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::ProxyBody;
 use crate::config::{Config, IpBlock};
-use crate::proxy::{stack, Shared};
+use crate::metrics::{IdentityState, Metrics};
+use crate::proxy::{stack, Live, Shared};
 use crate::upstream::{build_upstream, ClientError};
 
 /// Why the proxy could not start.
@@ -43,21 +46,27 @@ pub enum StartError {
     Client(#[from] ClientError),
 }
 
+/// What the listeners, the admin endpoints and reloads share.
+struct State {
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    /// SIGTERM arrived: `/readyz` answers 503 while in-flight requests finish.
+    draining: AtomicBool,
+}
+
 /// A bound proxy, ready to serve.
 pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    shared: Arc<Shared>,
-    client: crate::pool::Upstream,
-    allowed: Arc<[IpBlock]>,
-    grace: Duration,
+    state: Arc<State>,
 }
 
 impl Server {
     /// Binds the listeners of `config`.
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
         let client = build_upstream(config)?;
-        let shared = Shared::new(config, client.clone());
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared::build(config, client, metrics.clone(), &[]);
         for identity in &shared.identities {
             identity.keep_fresh(shared.login_context());
         }
@@ -86,10 +95,11 @@ impl Server {
         Ok(Server {
             listener,
             admin,
-            shared,
-            client,
-            allowed: config.allowed_clients.clone().into(),
-            grace: config.shutdown_grace,
+            state: Arc::new(State {
+                live: Arc::new(Live::new(shared)),
+                metrics,
+                draining: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -103,15 +113,24 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Shared state (identities and their sessions), for `check` and tests.
+    /// The state requests use now (identities and their sessions), for `check` and tests.
     pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
+        self.state.live.load_full()
+    }
+
+    /// A handle that applies new configs to this server while it serves.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
     /// period.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let service = stack(self.shared.clone(), self.client.clone());
+        let state = self.state;
+        // The stack reads the same live state the reloader swaps.
+        let service = stack(state.live.clone());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -126,11 +145,7 @@ impl Server {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         if let Some(admin) = self.admin {
-            tokio::spawn(serve_admin(
-                admin,
-                self.shared.clone(),
-                self.allowed.clone(),
-            ));
+            tokio::spawn(serve_admin(admin, state.clone()));
         }
         tokio::pin!(shutdown);
         loop {
@@ -146,7 +161,7 @@ impl Server {
                             continue;
                         }
                     };
-                    if !is_allowed(&self.allowed, peer) {
+                    if !is_allowed(&state.live.load().config.allowed_clients, peer) {
                         tracing::debug!(%peer, "connection refused: address not in server.allowed_clients");
                         continue;
                     }
@@ -156,23 +171,121 @@ impl Server {
                         TowerToHyperService::new(service.clone()),
                     );
                     let conn = graceful.watch(conn.into_owned());
+                    let open = state.metrics.open_connections.clone();
+                    open.inc();
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, "connection ended with an error: {e}");
                         }
+                        open.dec();
                     });
                 }
                 _ = &mut shutdown => break,
             }
         }
+        state.draining.store(true, Ordering::Release);
         drop(self.listener);
-        tracing::info!(grace = ?self.grace, "shutting down: no new connections; waiting for in-flight requests");
-        if tokio::time::timeout(self.grace, graceful.shutdown())
+        let grace = state.live.load().config.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: no new connections; waiting for in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// Applies a new config to a running server (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    state: Arc<State>,
+}
+
+impl Reloader {
+    /// Reads `path` and applies it; on any error the running config stays and the error is
+    /// logged. Returns whether the new config was applied.
+    pub fn reload_file(&self, path: &Path) -> bool {
+        let result = Config::load(path)
+            .map_err(|e| format!("invalid config {}: {e}", path.display()))
+            .and_then(|config| self.apply(&config));
+        match result {
+            Ok(()) => {
+                self.state.metrics.reload(true);
+                true
+            }
+            Err(e) => {
+                self.state.metrics.reload(false);
+                tracing::error!("config reload refused, the running config stays: {e}");
+                false
+            }
+        }
+    }
+
+    /// Applies `config` to new requests. Requests under way finish with the config they
+    /// started with; open connections stay open. Identities whose settings did not change
+    /// keep their sessions, unless the way to Creatio changed (`[creatio]`, timeouts,
+    /// back-off), which starts every identity afresh over a new connection pool.
+    pub fn apply(&self, config: &Config) -> Result<(), String> {
+        let old = self.state.live.load_full();
+        let same_upstream = old.config.same_upstream(config);
+        let client = if same_upstream {
+            old.client().clone()
+        } else {
+            build_upstream(config).map_err(|e| e.to_string())?
+        };
+        let keep: &[Arc<crate::auth::Identity>] = if same_upstream { &old.identities } else { &[] };
+        let shared = Shared::build(config, client, self.state.metrics.clone(), keep);
+        for identity in &shared.identities {
+            identity.keep_fresh(shared.login_context());
+        }
+        let kept = shared
+            .identities
+            .iter()
+            .filter(|i| old.identities.iter().any(|o| Arc::ptr_eq(o, i)))
+            .count();
+        for (what, changed) in [
+            ("server.listen", old.config.listen != config.listen),
+            (
+                "admin.listen",
+                old.config.admin_listen != config.admin_listen,
+            ),
+            ("[log]", old.config.log != config.log),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "config reload: {what} changed; that takes effect at the next restart"
+                );
+            }
+        }
+        tracing::info!(
+            identities = shared.identities.len(),
+            kept_sessions = kept,
+            routes = config.routes.len(),
+            "config reloaded; new requests use it"
+        );
+        self.state.live.store(shared);
+        Ok(())
+    }
+}
+
+/// Reloads the config file on every SIGHUP, until the process ends.
+pub async fn reload_on_sighup(reloader: Reloader, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP; config reloads need a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+            reloader.reload_file(&path);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, path);
     }
 }
 
@@ -188,10 +301,12 @@ fn is_allowed(allowed: &[IpBlock], peer: SocketAddr) -> bool {
     allowed.is_empty() || allowed.iter().any(|b| b.contains(peer.ip()))
 }
 
-async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, allowed: Arc<[IpBlock]>) {
+async fn serve_admin(listener: TcpListener, state: Arc<State>) {
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, peer)) if is_allowed(&allowed, peer) => stream,
+            Ok((stream, peer)) if is_allowed(&state.live.load().config.allowed_clients, peer) => {
+                stream
+            }
             Ok(_) => continue,
             Err(e) => {
                 if !is_transient(&e) {
@@ -201,15 +316,14 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, allowed: Arc<[I
                 continue;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(serve_admin_conn(stream, shared));
+        tokio::spawn(serve_admin_conn(stream, state.clone()));
     }
 }
 
-async fn serve_admin_conn(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_admin_conn(stream: TcpStream, state: Arc<State>) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(admin_answer(&req, &shared)) }
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(admin_answer(&req, &state).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -219,41 +333,151 @@ async fn serve_admin_conn(stream: TcpStream, shared: Arc<Shared>) {
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
-/// `/healthz`: the process runs. `/readyz`: every identity holds a session (else 503 naming
-/// those that do not). Full readiness and metrics are a later issue's work.
-fn admin_answer(req: &Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
-    let (status, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, r#"{"status":"ok"}"#.to_string()),
+/// Longest time `/readyz` waits for a login it started (probes time out after a few seconds).
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// `/healthz`: the process runs. `/readyz`: every identity holds a usable session or token,
+/// or just got one (the probe logs in when there is none, within the login back-off).
+/// `/metrics`: Prometheus text.
+async fn admin_answer(req: &Request<Incoming>, state: &State) -> Response<ProxyBody> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return admin_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method_not_allowed","message":"the admin endpoints answer GET"}"#
+                .to_string(),
+            "application/json; charset=utf-8",
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => admin_response(
+            StatusCode::OK,
+            r#"{"status":"ok"}"#.to_string(),
+            "application/json; charset=utf-8",
+        ),
         "/readyz" => {
-            let missing: Vec<serde_json::Value> = shared
+            let (status, body) = readiness(state).await;
+            admin_response(status, body.to_string(), "application/json; charset=utf-8")
+        }
+        "/metrics" => {
+            let shared = state.live.load_full();
+            let identities: Vec<IdentityState> = shared
                 .identities
                 .iter()
-                .filter(|i| {
-                    i.current()
-                        .is_none_or(|s| s.expires_in().is_some_and(|left| left.is_zero()))
+                .map(|i| {
+                    let current = i.current();
+                    IdentityState {
+                        name: i.name().clone(),
+                        backoff: i.backoff().map(|(_, left)| left),
+                        session_age: current.as_ref().map(|s| s.obtained.elapsed()),
+                        ready: current.as_deref().is_some_and(usable),
+                    }
                 })
-                .map(|i| serde_json::json!({"identity": i.name().as_ref(), "reason": if i.is_oauth2() { "no valid OAuth 2.0 token yet (or the last token request failed)" } else { "no Creatio session yet (or the last login failed)" }}))
                 .collect();
-            if missing.is_empty() {
-                (StatusCode::OK, r#"{"status":"ready"}"#.to_string())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "not_ready", "identities": missing}).to_string(),
+            admin_response(
+                StatusCode::OK,
+                state.metrics.render(&identities),
+                crate::metrics::CONTENT_TYPE,
+            )
+        }
+        _ => admin_response(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"not_found","message":"admin endpoints: /healthz, /readyz, /metrics"}"#
+                .to_string(),
+            "application/json; charset=utf-8",
+        ),
+    }
+}
+
+/// A session that may be sent now: a cookie session, or a token before its stop time.
+fn usable(s: &crate::auth::Session) -> bool {
+    s.expires_in().is_none_or(|left| !left.is_zero())
+}
+
+async fn readiness(state: &State) -> (StatusCode, serde_json::Value) {
+    if state.draining.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "shutting_down", "message": "the proxy is finishing in-flight requests and stops soon"}),
+        );
+    }
+    let shared = state.live.load_full();
+    let mut checks = tokio::task::JoinSet::new();
+    for (index, identity) in shared.identities.iter().enumerate() {
+        if identity.current().as_deref().is_some_and(usable) {
+            continue;
+        }
+        let identity = identity.clone();
+        let ctx = shared.login_context().clone();
+        checks.spawn(async move {
+            let outcome = tokio::time::timeout(READY_WAIT, identity.session(&ctx)).await;
+            (index, identity, outcome)
+        });
+    }
+    let mut not_ready = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        let Ok((index, identity, outcome)) = joined else {
+            continue;
+        };
+        let mut entry = serde_json::json!({
+            "identity": identity.name().as_ref(),
+            "principal": identity.principal(),
+        });
+        match outcome {
+            Ok(Ok(session)) if usable(&session) => continue,
+            Ok(Ok(_)) => {
+                entry["error"] = "token_expired".into();
+                entry["reason"] = "the token just obtained is already past its usable time".into();
+            }
+            Ok(Err(e)) => {
+                entry["error"] = e.code().into();
+                if let crate::error::ProxyError::LoginFailed {
+                    failure,
+                    retry_after,
+                    ..
+                } = &e
+                {
+                    entry["diagnosis"] = failure.diagnosis.code().into();
+                    if let Some(wait) = retry_after {
+                        entry["retry_after_seconds"] = wait.as_secs().max(1).into();
+                    }
+                }
+                entry["reason"] = e.to_string().into();
+            }
+            Err(_) => {
+                entry["error"] = "login_in_progress".into();
+                entry["reason"] = format!(
+                    "a {} is under way and did not finish within {READY_WAIT:?}",
+                    if identity.is_oauth2() {
+                        "token request"
+                    } else {
+                        "Creatio login"
+                    }
                 )
+                .into();
             }
         }
-        _ => (
-            StatusCode::NOT_FOUND,
-            r#"{"error":"not_found","message":"admin endpoints: /healthz, /readyz"}"#.to_string(),
-        ),
-    };
+        not_ready.push((index, entry));
+    }
+    if not_ready.is_empty() {
+        return (StatusCode::OK, serde_json::json!({"status": "ready"}));
+    }
+    not_ready.sort_by_key(|(i, _)| *i);
+    let identities: Vec<serde_json::Value> = not_ready.into_iter().map(|(_, e)| e).collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"status": "not_ready", "identities": identities}),
+    )
+}
+
+fn admin_response(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, CreatioUrl, IdentityConfig, LoginConfig};
 use crate::error::ProxyError;
+use crate::metrics::IdentityMetrics;
 use crate::pool::Upstream;
 
 pub use diagnosis::{Diagnosis, LoginFailure, Server};
@@ -174,6 +175,9 @@ pub struct Identity {
     refreshing: AtomicBool,
     /// Woken whenever a session is published (or its renewal time moves).
     published: Arc<tokio::sync::Notify>,
+    /// A keeper task runs (see [`Identity::keep_fresh`]).
+    kept: AtomicBool,
+    metrics: IdentityMetrics,
 }
 
 impl std::fmt::Debug for Identity {
@@ -196,7 +200,7 @@ pub fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
 impl Identity {
     /// A new identity without a session. `client` is the pool to Creatio; an oauth2 identity
     /// gets its own pool to the Identity Service next to it.
-    pub fn new(config: &IdentityConfig, client: &Upstream) -> Self {
+    pub fn new(config: &IdentityConfig, client: &Upstream, metrics: IdentityMetrics) -> Self {
         let token_client = match &config.login {
             LoginConfig::Forms { .. } => None,
             LoginConfig::OAuth2(o) => token::origin(o).map(|origin| client.sibling(origin)),
@@ -216,7 +220,29 @@ impl Identity {
             relogin: Mutex::new(ReloginGuard::default()),
             refreshing: AtomicBool::new(false),
             published: Arc::new(tokio::sync::Notify::new()),
+            kept: AtomicBool::new(false),
+            metrics,
         }
+    }
+
+    /// The identity's metric handles.
+    pub fn metrics(&self) -> &IdentityMetrics {
+        &self.metrics
+    }
+
+    /// True when `config` describes this identity exactly (same name, mode, user or client,
+    /// and secret): a reloaded config keeps such an identity and its session.
+    pub fn same_config(&self, config: &IdentityConfig) -> bool {
+        *self.name == *config.name && self.login.same(&config.login)
+    }
+
+    /// The last login failure and the time until the next attempt is allowed, while a
+    /// back-off runs. `None` also while a login is under way (the answer is not known yet).
+    pub fn backoff(&self) -> Option<(LoginFailure, Duration)> {
+        let gate = self.gate.try_lock().ok()?;
+        let at = gate.retry_at?;
+        let left = at.checked_duration_since(Instant::now())?;
+        gate.last_error.clone().map(|e| (e, left))
     }
 
     /// The identity's name (`default` for `[auth]`).
@@ -326,6 +352,9 @@ impl Identity {
             state.generation = 0;
             self.current.store(None);
         }
+        if stale.is_some() {
+            self.metrics.relogin();
+        }
         self.attempt(ctx, &mut gate).await
     }
 
@@ -355,7 +384,7 @@ impl Identity {
     /// longest back-off. The task ends when the identity is dropped. Forms sessions slide
     /// with use and need no keeper.
     pub fn keep_fresh(self: &Arc<Self>, ctx: &LoginContext) {
-        if !self.is_oauth2() {
+        if !self.is_oauth2() || self.kept.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -493,6 +522,7 @@ impl Identity {
                 }
                 self.published.notify_waiters();
                 self.logins.fetch_add(1, Ordering::Relaxed);
+                self.metrics.login(None);
                 match session.expires_in() {
                     None => {
                         tracing::info!(identity = %self.name, principal = %self.principal(), generation, "logged in to Creatio")
@@ -504,6 +534,7 @@ impl Identity {
                 Ok(session)
             }
             Err(failure) => {
+                self.metrics.login(Some(failure.diagnosis.code()));
                 gate.failures = gate.failures.saturating_add(1);
                 let wait = backoff_after(gate.failures, ctx.backoff, ctx.backoff_max);
                 gate.retry_at = Some(Instant::now() + wait);

@@ -89,6 +89,19 @@ pub struct Config {
     pub allow_root: bool,
 }
 
+impl Config {
+    /// True when both configs reach Creatio the same way (URL, TLS, timeouts, login back-off):
+    /// then a reload may keep the connection pool and the identities' sessions.
+    pub fn same_upstream(&self, other: &Config) -> bool {
+        self.creatio.display == other.creatio.display
+            && self.ca_file == other.ca_file
+            && self.connect_timeout == other.connect_timeout
+            && self.upstream_timeout == other.upstream_timeout
+            && self.login_backoff == other.login_backoff
+            && self.login_backoff_max == other.login_backoff_max
+    }
+}
+
 /// What to do with a path that no `[[routes]]` prefix matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmatched {
@@ -163,6 +176,28 @@ pub enum LoginConfig {
     OAuth2(OAuth2Config),
 }
 
+impl LoginConfig {
+    /// True when both describe the same login: same mode, user or client, secret and endpoint.
+    pub fn same(&self, other: &LoginConfig) -> bool {
+        match (self, other) {
+            (
+                LoginConfig::Forms { username, password },
+                LoginConfig::Forms {
+                    username: u,
+                    password: p,
+                },
+            ) => username == u && password.ct_eq(p.expose().as_bytes()),
+            (LoginConfig::OAuth2(a), LoginConfig::OAuth2(b)) => {
+                a.token_url.display == b.token_url.display
+                    && a.client_id == b.client_id
+                    && a.client_auth == b.client_auth
+                    && a.client_secret.ct_eq(b.client_secret.expose().as_bytes())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An `mode = "oauth2"` identity.
 #[derive(Debug, Clone)]
 pub struct OAuth2Config {
@@ -217,7 +252,7 @@ pub struct RouteConfig {
 }
 
 /// Log settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,

@@ -25,6 +25,10 @@ pub async fn emulator(options: EmulatorOptions) -> Emulator {
 /// A proxy running in this process.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `[admin] listen`.
+    pub admin: Option<SocketAddr>,
+    /// Applies a new config to the running proxy (what SIGHUP does).
+    pub reloader: creatio_proxy::server::Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -32,6 +36,12 @@ pub struct TestProxy {
 impl TestProxy {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("the config has [admin] listen");
+        format!("http://{admin}{path}")
     }
 
     /// Stops the proxy and waits for it, re-raising a panic from its task.
@@ -100,12 +110,16 @@ pub async fn proxy_from_toml(toml: &str) -> TestProxy {
 pub async fn proxy(config: &Config) -> TestProxy {
     let server = Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr().expect("local addr");
+    let admin = server.admin_addr();
+    let reloader = server.reloader();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
         let _ = rx.await;
     }));
     TestProxy {
         addr,
+        admin,
+        reloader,
         stop: Some(tx),
         task: Some(task),
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use creatio_proxy::emulator::{Emulator, EmulatorOptions, User};
 use http::{Method, StatusCode};
+use http_body_util::Full;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_creatio-proxy");
@@ -22,6 +23,15 @@ struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    ready: Option<String>,
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave the proxy running: stop it by its PID.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Running {
@@ -43,9 +53,17 @@ impl Running {
         }
     }
 
+    /// The "ready" line (waited for once, then remembered).
+    fn ready_line(&mut self) -> String {
+        if self.ready.is_none() {
+            self.ready = Some(self.wait_for("creatio-proxy ready"));
+        }
+        self.ready.clone().unwrap_or_default()
+    }
+
     /// Waits for the "ready" line and returns the client listener's address.
     fn listen_addr(&mut self) -> String {
-        let ready = self.wait_for("creatio-proxy ready");
+        let ready = self.ready_line();
         ready
             .split(['"', ' ', '='])
             .find(|t| t.starts_with("127.0.0.1:"))
@@ -55,7 +73,7 @@ impl Running {
 
     /// Waits for the "ready" line and returns the admin listener's address.
     fn admin_addr(&mut self) -> String {
-        let ready = self.wait_for("creatio-proxy ready");
+        let ready = self.ready_line();
         let mut tokens = ready.split(['"', ' ', '=', ',']).filter(|t| !t.is_empty());
         tokens
             .find(|t| *t == "admin")
@@ -65,18 +83,28 @@ impl Running {
             .to_string()
     }
 
-    /// SIGTERM by PID, then every remaining stderr line and the exit code.
-    fn terminate(mut self) -> (Vec<String>, Option<i32>) {
+    /// Sends `signal` (e.g. `-HUP`) to the process, by PID.
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    fn terminate_wait(mut self) -> Option<i32> {
+        self.child.wait().expect("proxy exits").code()
+    }
+
+    /// SIGTERM by PID, then every remaining stderr line and the exit code.
+    fn terminate(mut self) -> (Vec<String>, Option<i32>) {
+        self.signal("-TERM");
         let exit = self.child.wait().expect("proxy exits");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
             self.seen.push(line);
         }
-        (self.seen, exit.code())
+        (std::mem::take(&mut self.seen), exit.code())
     }
 }
 
@@ -110,6 +138,7 @@ impl Running {
             child,
             lines: rx,
             seen: Vec::new(),
+            ready: None,
         }
     }
 }
@@ -575,4 +604,182 @@ fn run_refuses_root_and_starts_unprivileged() {
     let (_, code) = proxy.terminate();
     let _ = std::fs::remove_dir_all(&shared_dir);
     assert_eq!(code, Some(0));
+}
+
+/// One HTTP/1.1 connection to `addr`, kept open: a request that fails on it means the
+/// connection was dropped.
+async fn one_connection(addr: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> StatusCode {
+    sender.ready().await.expect("the connection is still open");
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("answered");
+    let status = resp.status();
+    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_route_on_open_connections_and_refuses_a_broken_config() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nunmatched = \"deny\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [creatio]\nurl = \"{}\"\n[auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n\
+         [identities.portal]\nusername = \"portal.user\"\npassword = \"portal-pass\"\n\
+         [[routes]]\nprefix = \"/0/odata\"\n",
+        emu.url()
+    );
+    let path = write_config(&dir, &base);
+    let mut proxy = spawn(&["--config", &path]);
+    let addr = proxy.listen_addr();
+    let admin = proxy.admin_addr();
+    let mut conn = one_connection(&addr).await;
+    assert_eq!(get_on(&mut conn, "/0/odata/Contact").await, StatusCode::OK);
+    assert_eq!(
+        get_on(&mut conn, "/0/rest/UsrPortalService/GetCases").await,
+        StatusCode::NOT_FOUND
+    );
+
+    // A route for the portal service appears.
+    write_config(
+        &dir,
+        &format!("{base}[[routes]]\nprefix = \"/0/rest/UsrPortalService\"\nssp = true\nidentity = \"portal\"\n"),
+    );
+    proxy.signal("-HUP");
+    proxy.wait_for("config reloaded");
+    assert_eq!(
+        get_on(&mut conn, "/0/rest/UsrPortalService/GetCases").await,
+        StatusCode::OK
+    );
+    let seen = emu.seen();
+    let last = seen.last().expect("seen");
+    assert_eq!(
+        (last.path.as_str(), last.user.as_deref()),
+        ("/0/ssp/rest/UsrPortalService/GetCases", Some("portal.user"))
+    );
+    assert_eq!(get_on(&mut conn, "/0/odata/Contact").await, StatusCode::OK);
+    assert_eq!(
+        emu.logins("Supervisor"),
+        1,
+        "the unchanged identity kept its session"
+    );
+
+    // A broken config is refused, with a line naming the key; the running one stays.
+    write_config(
+        &dir,
+        &format!("{base}[[routes]]\nprefix = \"/0/rest/X\"\nidentity = \"nobody\"\n"),
+    );
+    proxy.signal("-HUP");
+    let refused = proxy.wait_for("config reload refused");
+    assert!(refused.contains("routes[1].identity"), "{refused}");
+    assert_eq!(
+        get_on(&mut conn, "/0/rest/UsrPortalService/GetCases").await,
+        StatusCode::OK
+    );
+    assert_eq!(get_on(&mut conn, "/0/odata/Contact").await, StatusCode::OK);
+
+    let c = client();
+    let metrics = get(&c, &format!("http://{admin}/metrics")).await.text();
+    assert!(
+        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+    drop(conn);
+    let (lines, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    let all = lines.join("\n");
+    assert!(
+        !all.contains(PASSWORD) && !all.contains("portal-pass"),
+        "{all}"
+    );
+    emu.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_turns_readiness_off_and_exits_zero() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nreplay_buffer = \"1KiB\"\nshutdown_grace = \"30s\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"{}\"\n\
+             [auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n",
+            emu.url()
+        ),
+    );
+    let mut proxy = spawn(&["--config", &path]);
+    let addr = proxy.listen_addr();
+    let admin = proxy.admin_addr();
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://{admin}/readyz")).await.status,
+        StatusCode::OK
+    );
+
+    // A client uploads slowly: the head and the first 2 KiB now (more than replay_buffer, so
+    // the proxy streams it to Creatio at once), the rest after SIGTERM.
+    let body = format!("{{\"Name\":\"{}\"}}", "x".repeat(8 * 1024));
+    let (first, rest) = body.as_bytes().split_at(2048);
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /0/odata/Contact HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(first).await.expect("first part");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while emu.requests("/0/odata/Contact") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reached Creatio"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    proxy.signal("-TERM");
+    proxy.wait_for("shutting down");
+    let draining = get(&c, &format!("http://{admin}/readyz")).await;
+    assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(draining.json()["status"], "shutting_down");
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "no new connections while draining"
+    );
+
+    slow.write_all(rest).await.expect("the rest");
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(emu.records_created("Contact"), 1);
+
+    let exit = tokio::task::spawn_blocking(move || proxy.terminate_wait())
+        .await
+        .expect("join");
+    assert_eq!(exit, Some(0));
+    emu.shutdown();
 }

@@ -157,7 +157,7 @@ while :; do
     fi
     sleep 0.1
 done
-say "demo ready at $proxy_url (pid $demo_pid) after $(elapsed)"
+say "demo ready at $proxy_url (pid $demo_pid), $(elapsed) into the run"
 
 # --- newman run ------------------------------------------------------------------------------
 

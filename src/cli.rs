@@ -205,6 +205,7 @@ async fn run(config: Config, path: PathBuf) -> i32 {
         listen = %addr,
         admin = %server.admin_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),
         creatio = %config.creatio.display,
+        egress = %server.egress(),
         identities = config.identities.len(),
         routes = config.routes.len(),
         "creatio-proxy ready"

@@ -18,6 +18,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod emulator;
 pub mod error;
 pub mod metrics;

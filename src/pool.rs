@@ -34,10 +34,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Service, ServiceExt};
 
 use crate::body::ProxyBody;
+use crate::egress::{Connector, EgressError, EgressRules, Route};
 
 /// Idle connections kept at most.
 pub const MAX_IDLE: usize = 1024;
@@ -76,6 +76,8 @@ pub enum ConnectKind {
     CertificateName,
     /// The server's certificate has expired or is not valid yet.
     CertificateExpired,
+    /// The egress proxy could not be reached, or refused the tunnel.
+    Egress,
     /// Anything else (other TLS failures, resets, ...).
     Other,
 }
@@ -85,6 +87,9 @@ pub enum ConnectKind {
 fn connect_kind(e: &(dyn std::error::Error + 'static)) -> ConnectKind {
     let mut node: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = node {
+        if err.downcast_ref::<EgressError>().is_some() {
+            return ConnectKind::Egress;
+        }
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return tls_kind(tls);
         }
@@ -144,10 +149,14 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 struct Pool {
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<Connector>,
+    rules: Arc<EgressRules>,
     origin: Uri,
     /// `Host` for every request: Creatio's authority.
     host: HeaderValue,
+    /// Plain HTTP through an egress proxy: requests carry the absolute URL (and the proxy's
+    /// credentials, if any).
+    forward: Option<Option<HeaderValue>>,
     /// Idle connections with the time each became idle; newest at the back.
     idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
 }
@@ -160,16 +169,22 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pool of connections to `origin` (scheme and authority) made by `connector`.
-    pub fn new(connector: HttpsConnector<HttpConnector>, origin: Uri) -> Self {
+    pub fn new(connector: HttpsConnector<Connector>, rules: Arc<EgressRules>, origin: Uri) -> Self {
         let host = origin
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let forward = match rules.route(&origin) {
+            Route::Proxy { auth, .. } if origin.scheme_str() == Some("http") => Some(auth),
+            _ => None,
+        };
         Upstream {
             pool: Arc::new(Pool {
                 connector,
+                rules,
                 origin,
                 host,
+                forward,
                 idle: Mutex::new(VecDeque::new()),
             }),
         }
@@ -177,7 +192,13 @@ impl Upstream {
 
     /// A separate pool to another origin, with the same connector (TLS roots, timeouts).
     pub fn sibling(&self, origin: Uri) -> Upstream {
-        Upstream::new(self.pool.connector.clone(), origin)
+        Upstream::new(self.pool.connector.clone(), self.pool.rules.clone(), origin)
+    }
+
+    /// How this pool's connections leave the host: `direct` or the egress proxy (no
+    /// credentials), for the start-up log line.
+    pub fn egress(&self) -> String {
+        self.pool.rules.describe(&self.pool.origin)
     }
 
     /// Sends one request and returns Creatio's answer head; the body streams. The request's
@@ -186,7 +207,13 @@ impl Upstream {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<PeerBody>, UpstreamError> {
-        if req.uri().scheme().is_some() {
+        if let Some(auth) = &self.pool.forward {
+            self.absolute_form(&mut req);
+            if let Some(auth) = auth {
+                req.headers_mut()
+                    .insert(header::PROXY_AUTHORIZATION, auth.clone());
+            }
+        } else if req.uri().scheme().is_some() {
             let path_and_query = req
                 .uri()
                 .path_and_query()
@@ -217,6 +244,20 @@ impl Upstream {
         match sender.try_send_request(req).await {
             Ok(response) => Ok(self.wrap(response, sender, reusable)),
             Err(e) => Err(UpstreamError::Exchange(describe(e.error()))),
+        }
+    }
+
+    /// `http://creatio/path?query`, as an HTTP proxy expects a plain-HTTP request.
+    fn absolute_form(&self, req: &mut Request<ProxyBody>) {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = self.pool.origin.clone().into_parts();
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
         }
     }
 

@@ -113,6 +113,11 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// How connections to Creatio leave this host: `direct` or the egress proxy's address.
+    pub fn egress(&self) -> String {
+        self.state.live.load().client().egress()
+    }
+
     /// The state requests use now (identities and their sessions), for `check` and tests.
     pub fn shared(&self) -> Arc<Shared> {
         self.state.live.load_full()

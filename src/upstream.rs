@@ -1,7 +1,9 @@
 //! The connection to Creatio: a pooled hyper-util client over rustls, and the header rules
 //! applied to everything that crosses the proxy.
 //!
-//! - TLS certificates are always verified, against the webpki roots plus `creatio.ca_file`.
+//! - TLS certificates are verified against the webpki roots plus `creatio.ca_file`, unless
+//!   `creatio.insecure_skip_verify = true` (the proxy then warns at every start and reload).
+//! - Connections leave directly or through an egress proxy ([`crate::egress`]).
 //! - Connections are pooled and reused (keep-alive, TCP_NODELAY; see [`crate::pool`]);
 //!   concurrency to Creatio follows the clients' concurrency.
 //! - Redirects are never followed: a 302 is Creatio's answer and is either a session expiry
@@ -16,6 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::Config;
+use crate::egress::{Connector, EgressRules};
 use crate::pool::Upstream;
 use http::Uri;
 
@@ -52,30 +55,93 @@ pub fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
             )));
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let tls = if config.insecure_skip_verify {
+        tracing::warn!(
+            "creatio.insecure_skip_verify = true: the TLS certificates of Creatio and the Identity \
+             Service are NOT checked, so anyone on the network path can read the session; give \
+             the server's CA with creatio.ca_file instead"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let rules = Arc::new(EgressRules::new(&config.egress));
+    let connector = Connector::new(http, rules.clone(), config.connect_timeout);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(connector);
     let origin = Uri::builder()
         .scheme(config.creatio.scheme.clone())
         .authority(config.creatio.authority.clone())
         .path_and_query("/")
         .build()
         .map_err(|e| ClientError::CaFile(format!("creatio.url: {e}")))?;
-    Ok(Upstream::new(https, origin))
+    Ok(Upstream::new(https, rules, origin))
+}
+
+/// `insecure_skip_verify`: accepts any certificate, but still checks that the server holds
+/// the key of the certificate it showed (the handshake signatures), so the connection is
+/// encrypted to whoever answered.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.

@@ -783,3 +783,75 @@ async fn sigterm_lets_a_slow_request_finish_turns_readiness_off_and_exits_zero()
     assert_eq!(exit, Some(0));
     emu.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_verify_warns() {
+    let emu = emulator(options()).await;
+    let front = tls_front(&emu).await;
+    let port: u16 = front
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let egress = EgressProxyFixture::start(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        Some("corp:Pr0xy-Pa55"),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A name only the egress proxy can reach (it sends every destination to the TLS front),
+    // whose certificate (issued for 127.0.0.1) the proxy cannot check: insecure_skip_verify.
+    let path = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"https://creatio.test\"\n\
+             insecure_skip_verify = true\n[auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n"
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["--config", &path])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env(
+            "HTTPS_PROXY",
+            format!("http://corp:Pr0xy-Pa55@{}", egress.addr),
+        )
+        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let mut proxy = Running::from_child(child);
+    let warning = proxy.wait_for("insecure_skip_verify");
+    assert!(
+        warning.contains("WARN") && warning.contains("NOT checked"),
+        "{warning}"
+    );
+    let ready = proxy.ready_line();
+    assert!(
+        ready.contains(&format!(
+            "egress=http://127.0.0.1:{} (from environment)",
+            egress.addr.port()
+        )),
+        "{ready}"
+    );
+    let addr = proxy.listen_addr();
+    let r = get(&client(), &format!("http://{addr}/0/odata/Contact")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(emu.logins("Supervisor"), 1);
+    let seen = egress.connections();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].request_line, "CONNECT creatio.test:443 HTTP/1.1");
+
+    let (lines, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    let all = lines.join("\n");
+    assert!(
+        !all.contains("Pr0xy-Pa55") && !all.contains(PASSWORD),
+        "{all}"
+    );
+    emu.shutdown();
+}

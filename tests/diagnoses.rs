@@ -4,9 +4,7 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use creatio_proxy::emulator::{Emulator, EmulatorOptions, User};
+use creatio_proxy::emulator::{EmulatorOptions, User};
 use http::StatusCode;
 use support::*;
 
@@ -176,48 +174,6 @@ async fn dns_and_connection_failures_name_the_host_and_port() {
         assert_eq!(e["diagnosis"], "unreachable");
         assert!(message(&e).contains(&says), "{}", message(&e));
     }
-}
-
-/// A TLS front for `emu` with the test certificate from tests/fixtures/tls (a test-only CA).
-async fn tls_front(emu: &Emulator) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
-            .expect("server.pem")
-            .collect::<Result<_, _>>()
-            .expect("certificates");
-    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).expect("server.key");
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocols")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("certificate");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let backend = emu.addr();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    format!("https://127.0.0.1:{}", addr.port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

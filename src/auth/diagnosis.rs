@@ -148,6 +148,10 @@ pub fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis
             Diagnosis::Certificate,
             format!("the TLS certificate of {target} has expired or is not valid yet ({detail}): renew it on the server (or check this machine's clock)"),
         ),
+        UpstreamError::Connect(ConnectKind::Egress, detail) => (
+            Diagnosis::Unreachable,
+            format!("could not reach {target} {detail}: check creatio.proxy (or HTTPS_PROXY, HTTP_PROXY and NO_PROXY), the proxy's credentials, and that it allows CONNECT to {target}"),
+        ),
         UpstreamError::Connect(ConnectKind::Other, detail) => (
             Diagnosis::Unreachable,
             format!("could not connect to {target}: {detail}"),

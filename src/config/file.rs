@@ -75,9 +75,10 @@ pub struct CreatioFile {
     pub url: Option<String>,
     /// Extra CA certificates (PEM) trusted for Creatio's TLS certificate.
     pub ca_file: Option<PathBuf>,
-    /// Turns TLS verification off. Not supported yet: refused with an explanation.
+    /// Turns TLS certificate verification off (a warning at start); default false.
     pub insecure_skip_verify: Option<bool>,
-    /// Egress HTTP proxy. Not supported yet: refused with an explanation.
+    /// Egress HTTP proxy, `http://[user:password@]host:port`; `""` = never one. Absent: the
+    /// `HTTPS_PROXY` family of environment variables.
     pub proxy: Option<String>,
     /// Longest wait for a TCP (and TLS) connection to Creatio; default `10s`.
     pub connect_timeout: Option<String>,

@@ -77,6 +77,10 @@ pub struct Config {
     pub creatio: CreatioUrl,
     /// Extra CA certificates for Creatio's TLS.
     pub ca_file: Option<PathBuf>,
+    /// TLS certificates of Creatio and the Identity Service are not checked (warned at start).
+    pub insecure_skip_verify: bool,
+    /// How connections to Creatio and the Identity Service leave this host.
+    pub egress: EgressProxy,
     /// Identities: index 0 is `[auth]` when present; routes refer to identities by index.
     pub identities: Vec<IdentityConfig>,
     /// Index into `identities` of the `[auth]` identity, if configured.
@@ -95,11 +99,75 @@ impl Config {
     pub fn same_upstream(&self, other: &Config) -> bool {
         self.creatio.display == other.creatio.display
             && self.ca_file == other.ca_file
+            && self.insecure_skip_verify == other.insecure_skip_verify
+            && self.egress == other.egress
             && self.connect_timeout == other.connect_timeout
             && self.upstream_timeout == other.upstream_timeout
             && self.login_backoff == other.login_backoff
             && self.login_backoff_max == other.login_backoff_max
     }
+}
+
+/// `creatio.proxy`: how connections to Creatio and the Identity Service leave this host.
+#[derive(Debug, Clone)]
+pub enum EgressProxy {
+    /// Key absent: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` from the environment
+    /// (loopback hosts always connect directly).
+    FromEnv,
+    /// `proxy = ""`: always connect directly, whatever the environment says.
+    Direct,
+    /// `proxy = "http://[user:password@]host:port"`: the URL may hold a password.
+    Url(Secret),
+}
+
+impl PartialEq for EgressProxy {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EgressProxy::FromEnv, EgressProxy::FromEnv) => true,
+            (EgressProxy::Direct, EgressProxy::Direct) => true,
+            (EgressProxy::Url(a), EgressProxy::Url(b)) => a.ct_eq(b.expose().as_bytes()),
+            _ => false,
+        }
+    }
+}
+
+/// Checks an egress proxy URL: `http://host:port`, optionally with `user:password@`, or
+/// `host:port`. The value is never quoted in the error (it may hold a password).
+fn parse_egress_proxy(url: &str) -> Result<Secret, ConfigError> {
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let shape = "must look like http://host:port or http://user:password@host:port";
+    let uri: Uri = full
+        .parse()
+        .map_err(|_| ConfigError::new("creatio.proxy", format!("is not a URL: it {shape}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                "creatio.proxy",
+                format!(
+                    "{other}:// proxies are not supported: the proxy is reached over plain HTTP and                      tunnels TLS to Creatio with CONNECT, so it {shape}"
+                ),
+            ))
+        }
+        None => return Err(ConfigError::new("creatio.proxy", shape)),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(
+            "creatio.proxy",
+            format!("has no host: it {shape}"),
+        ));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(ConfigError::new(
+            "creatio.proxy",
+            format!("has a path, which a proxy URL cannot have: it {shape}"),
+        ));
+    }
+    Ok(Secret::new(full))
 }
 
 /// What to do with a path that no `[[routes]]` prefix matches.
@@ -447,18 +515,11 @@ impl Config {
         }
 
         let creatio = parse_creatio_url(file.creatio.url.as_deref())?;
-        if file.creatio.insecure_skip_verify == Some(true) {
-            return Err(ConfigError::new(
-                "creatio.insecure_skip_verify",
-                "is not supported by this version; give the on-premises CA with creatio.ca_file instead",
-            ));
-        }
-        if file.creatio.proxy.as_deref().is_some_and(|p| !p.is_empty()) {
-            return Err(ConfigError::new(
-                "creatio.proxy",
-                "egress HTTP proxies are not supported by this version yet; remove the key",
-            ));
-        }
+        let egress = match file.creatio.proxy.as_deref().map(str::trim) {
+            None => EgressProxy::FromEnv,
+            Some("") => EgressProxy::Direct,
+            Some(url) => EgressProxy::Url(parse_egress_proxy(url)?),
+        };
         if let Some(ca) = &file.creatio.ca_file {
             if !ca.is_file() {
                 return Err(ConfigError::new(
@@ -590,6 +651,8 @@ impl Config {
             connect_timeout,
             creatio,
             ca_file: file.creatio.ca_file.clone(),
+            insecure_skip_verify: file.creatio.insecure_skip_verify.unwrap_or(false),
+            egress,
             identities,
             default_identity,
             routes,

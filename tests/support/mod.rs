@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use creatio_proxy::config::Config;
@@ -181,4 +182,182 @@ pub fn cookie_value(line: &str, name: &str) -> Option<String> {
         let (k, v) = kv.trim().split_once('=')?;
         (k == name).then(|| v.to_string())
     })
+}
+
+/// A TLS front for `emu` with the test certificate from tests/fixtures/tls (a test-only CA).
+pub async fn tls_front(emu: &Emulator) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
+            .expect("server.pem")
+            .collect::<Result<_, _>>()
+            .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).expect("server.key");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let backend = emu.addr();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}", addr.port())
+}
+
+/// What the egress proxy fixture saw on one client connection.
+#[derive(Debug, Clone, Default)]
+pub struct ProxiedConnection {
+    /// The request line: `CONNECT host:port HTTP/1.1`, or `GET http://... HTTP/1.1`.
+    pub request_line: String,
+    /// Its `Proxy-Authorization` header, if any.
+    pub proxy_authorization: Option<String>,
+    /// Every byte the client sent after the head (the tunnelled TLS, or the rest of the
+    /// plain requests).
+    pub client_bytes: Vec<u8>,
+}
+
+/// A small egress HTTP proxy on 127.0.0.1: `CONNECT host:port` (answered `200`, then bytes
+/// copied both ways) and plain requests in absolute form (forwarded as they are). Every
+/// destination is sent to `backend` (the test's stand-in for the named host). With
+/// `credentials`, a request without `Proxy-Authorization: Basic <credentials>` gets 407.
+pub struct EgressProxyFixture {
+    pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<ProxiedConnection>>>>>,
+}
+
+impl EgressProxyFixture {
+    pub async fn start(backend: SocketAddr, credentials: Option<&str>) -> Self {
+        use base64::Engine;
+        let expected = credentials.map(|c| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<ProxiedConnection>>>>> =
+            Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let conn = Arc::new(std::sync::Mutex::new(ProxiedConnection::default()));
+                record.lock().expect("lock").push(conn.clone());
+                let expected = expected.clone();
+                tokio::spawn(Self::serve(client, backend, expected, conn));
+            }
+        });
+        EgressProxyFixture { addr, seen }
+    }
+
+    async fn serve(
+        mut client: tokio::net::TcpStream,
+        backend: SocketAddr,
+        expected: Option<String>,
+        conn: Arc<std::sync::Mutex<ProxiedConnection>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let request_line = text.lines().next().unwrap_or_default().to_string();
+        let auth = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("proxy-authorization")
+                .then(|| value.trim().to_string())
+        });
+        {
+            let mut c = conn.lock().expect("lock");
+            c.request_line = request_line.clone();
+            c.proxy_authorization = auth.clone();
+        }
+        if expected.is_some() && auth != expected {
+            let _ = client
+                .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic realm=\"egress\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            return;
+        }
+        let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+            let _ = client
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        };
+        if request_line.starts_with("CONNECT ") {
+            if client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        } else if upstream.write_all(&head).await.is_err() {
+            return;
+        }
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut up_read, mut up_write) = upstream.into_split();
+        let upload = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match client_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        conn.lock()
+                            .expect("lock")
+                            .client_bytes
+                            .extend_from_slice(&buf[..n]);
+                        if up_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = up_write.shutdown().await;
+        };
+        let download = async {
+            let _ = tokio::io::copy(&mut up_read, &mut client_write).await;
+            let _ = client_write.shutdown().await;
+        };
+        tokio::join!(upload, download);
+    }
+
+    /// The connections seen so far, in the order they arrived.
+    pub fn connections(&self) -> Vec<ProxiedConnection> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|c| c.lock().expect("lock").clone())
+            .collect()
+    }
 }

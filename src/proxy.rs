@@ -730,6 +730,12 @@ impl Service<Request<Incoming>> for Gateway {
         let decided = admit(&shared, &req);
         let method = req.method().clone();
         let path: Arc<str> = Arc::from(req.uri().path());
+        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            // HTTP/2 carries the host in the URI (`:authority`).
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let mut inner = AuthLayer::new(shared.clone()).layer(shared.client.clone());
         Box::pin(async move {
             let (result, identity, route, route_index) = match decided {
@@ -757,6 +763,13 @@ impl Service<Request<Incoming>> for Gateway {
                     e.into_response(&request_id)
                 }
             };
+            if response.headers().contains_key(header::LOCATION) {
+                rewrite_location(
+                    response.headers_mut(),
+                    &shared.creatio,
+                    client_host.as_ref(),
+                );
+            }
             let outcome = response.extensions().get::<Outcome>().copied();
             shared
                 .route_metrics(route_index)
@@ -777,6 +790,36 @@ impl Service<Request<Incoming>> for Gateway {
             });
             Ok(response)
         })
+    }
+}
+
+/// A `Location` that points into Creatio (`creatio.url`, any case) is pointed at the proxy
+/// instead, as the client addressed it (its `Host`): a client that follows the `Location` of a
+/// created record (`201`, OData) must come back through the proxy, which holds the session.
+/// Other locations (relative ones, other hosts) pass unchanged. Bodies are never rewritten:
+/// `@odata.context` and links inside JSON keep Creatio's address.
+fn rewrite_location(headers: &mut HeaderMap, creatio: &CreatioUrl, host: Option<&HeaderValue>) {
+    let (Some(location), Some(host)) = (headers.get(header::LOCATION), host) else {
+        return;
+    };
+    let (Ok(location), Ok(host)) = (location.to_str(), host.to_str()) else {
+        return;
+    };
+    let root = format!(
+        "{}://{}{}",
+        creatio.scheme.as_str(),
+        creatio.authority.as_str(),
+        creatio.base_path
+    );
+    let Some(head) = location.get(..root.len()) else {
+        return;
+    };
+    let rest = &location[root.len()..];
+    if !head.eq_ignore_ascii_case(&root) || !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
+        headers.insert(header::LOCATION, value);
     }
 }
 
@@ -874,6 +917,38 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locations_into_creatio_point_at_the_proxy() {
+        let creatio = crate::config::Config::from_toml_str(
+            "[creatio]\nurl = \"https://Acme.creatio.com/CreatioWebApp\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .expect("config")
+        .creatio;
+        let host = HeaderValue::from_static("127.0.0.1:5080");
+        for (from, to) in [
+            (
+                "https://acme.creatio.com/CreatioWebApp/0/odata/Contact(1)",
+                "http://127.0.0.1:5080/0/odata/Contact(1)",
+            ),
+            (
+                "HTTPS://ACME.CREATIO.COM/CreatioWebApp?x=1",
+                "http://127.0.0.1:5080?x=1",
+            ),
+            // Another host, another virtual directory, a relative location: unchanged.
+            ("https://other.example/0/x", "https://other.example/0/x"),
+            (
+                "https://acme.creatio.com/CreatioWebApp2/0/x",
+                "https://acme.creatio.com/CreatioWebApp2/0/x",
+            ),
+            ("/Login/NuiLogin.aspx", "/Login/NuiLogin.aspx"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, HeaderValue::from_static(from));
+            rewrite_location(&mut headers, &creatio, Some(&host));
+            assert_eq!(headers[header::LOCATION], to, "{from}");
+        }
+    }
 
     #[test]
     fn client_login_and_logout_are_recognised() {

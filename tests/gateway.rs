@@ -593,8 +593,10 @@ async fn a_large_upload_that_meets_an_expired_session_gets_503_and_a_retry_succe
     proxy.stop().await;
 }
 
+/// The `Location` of a created record points at the proxy (not at Creatio, which the client
+/// cannot call without the session), and following it reads the record back.
 #[tokio::test]
-async fn an_app_under_a_virtual_directory_works() {
+async fn an_app_under_a_virtual_directory_works_and_locations_point_at_the_proxy() {
     let options = EmulatorOptions {
         base_path: "/CreatioWebApp".into(),
         ..EmulatorOptions::default()
@@ -608,6 +610,23 @@ async fn an_app_under_a_virtual_directory_works() {
         emu.requests("/CreatioWebApp/ServiceModel/AuthService.svc/Login"),
         1
     );
+
+    let created = send(
+        &c,
+        Method::POST,
+        &proxy.url("/0/odata/Contact"),
+        &[("content-type", "application/json")],
+        r#"{"Name":"Followed"}"#,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let location = created.headers["location"].to_str().expect("ascii");
+    let id = created.json()["Id"].as_str().expect("id").to_string();
+    assert_eq!(location, proxy.url(&format!("/0/odata/Contact({id})")));
+    let followed = get(&c, location).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text());
+    assert_eq!(followed.json()["Name"], "Followed");
+    assert_eq!(emu.logins("Supervisor"), 1);
     proxy.stop().await;
 }
 

@@ -125,19 +125,24 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The proxy needs no privilege (it binds high ports and reads its files), so running it as
-/// root only widens what a bug could do; `run` refuses unless `server.allow_root = true`
-/// (`CREATIO_PROXY_SERVER__ALLOW_ROOT=true`).
+/// root only widens what a bug could do. On a plain host it warns (nginx and HAProxy start as
+/// root too, and scripts such as the benchmark harness do); with `server.allow_root = false`,
+/// which the container image sets, `run` refuses.
 fn refuse_root(allowed: bool) -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
     if allowed {
-        eprintln!("creatio-proxy: warning: running as root because server.allow_root = true");
+        eprintln!(
+            "creatio-proxy: warning: running as root (uid 0), which the proxy does not need; \
+             run it as an unprivileged user, or set server.allow_root = false to refuse root"
+        );
         return None;
     }
     Some(
-        "refusing to run as root (uid 0): run as an unprivileged user (the image uses uid 65532), \
-         or set server.allow_root = true (CREATIO_PROXY_SERVER__ALLOW_ROOT=true) to override"
+        "refusing to run as root (uid 0) because server.allow_root = false: run as an \
+         unprivileged user (the image uses uid 65532), or set server.allow_root = true \
+         (CREATIO_PROXY_SERVER__ALLOW_ROOT=true) to override"
             .to_string(),
     )
 }

@@ -112,8 +112,7 @@ fn spawn(args: &[&str]) -> Running {
     let child = Command::new(BIN)
         .args(args)
         .env_remove("RUST_LOG")
-        // CI runs as root; the refusal itself is tested in `run_refuses_root_...`.
-        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
+        .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -356,7 +355,6 @@ fn a_bad_config_exits_64_and_names_the_key() {
     let path = write_config(&dir, "[creatio]\nurl = \"https://x.example\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n[[routes]]\nprefix = \"/0/rest/X\"\nidentity = \"nobody\"\n");
     let out = Command::new(BIN)
         .args(["--config", &path])
-        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(64));
@@ -557,11 +555,12 @@ fn health_exits_0_only_on_a_2xx_from_the_admin_listener() {
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
 }
 
-/// `run` refuses uid 0 unless `server.allow_root = true`, and starts as an unprivileged user.
+/// As root, `run` warns by default and refuses with `allow_root = false` (the image's setting);
+/// the same config starts as an unprivileged user.
 /// The refusal half needs root (CI runs as root); the other half drops to uid 65532 with
 /// util-linux's `setpriv`, which needs root as well.
 #[test]
-fn run_refuses_root_and_starts_unprivileged() {
+fn root_is_refused_when_allow_root_is_false_and_the_same_config_starts_unprivileged() {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: needs root to start the proxy as root and as uid 65532");
         return;
@@ -569,9 +568,18 @@ fn run_refuses_root_and_starts_unprivileged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"http://127.0.0.1:9\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n";
     let path = write_config(&dir, text);
+    // By default, root is allowed with a warning (nginx, HAProxy and the benchmark harness
+    // start as root).
+    let mut proxy = spawn(&["--config", &path]);
+    let warning = proxy.wait_for("running as root");
+    assert!(warning.contains("server.allow_root = false"), "{warning}");
+    proxy.listen_addr();
+    assert_eq!(proxy.terminate().1, Some(0));
+
+    // As the container image runs it: the environment says allow_root = false.
     let out = Command::new(BIN)
         .args(["--config", &path])
-        .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
+        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "false")
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(64));
@@ -819,7 +827,7 @@ async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_
             "HTTPS_PROXY",
             format!("http://corp:Pr0xy-Pa55@{}", egress.addr),
         )
-        .env("CREATIO_PROXY_SERVER__ALLOW_ROOT", "true")
+        .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

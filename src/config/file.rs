@@ -55,7 +55,7 @@ pub struct ServerFile {
     pub login_backoff_max: Option<String>,
     /// Longest wait for Creatio's response headers; default `300s`.
     pub upstream_timeout: Option<String>,
-    /// Let `run` start as root (uid 0); default false: the proxy needs no privilege.
+    /// Let `run` start as root (uid 0), with a warning; default true. The image sets false.
     pub allow_root: Option<bool>,
 }
 

@@ -89,7 +89,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Logging.
     pub log: LogConfig,
-    /// `run` may start as root.
+    /// `run` may start as root (with a warning); false: it refuses (exit 64).
     pub allow_root: bool,
 }
 
@@ -657,7 +657,7 @@ impl Config {
             default_identity,
             routes,
             log,
-            allow_root: s.allow_root.unwrap_or(false),
+            allow_root: s.allow_root.unwrap_or(true),
         })
     }
 }

@@ -424,6 +424,20 @@ if [[ -n $proxy_pid ]]; then
         fail "SIGHUP: no applied reload in /metrics; log: $(tail -n 5 "$store/proxy.log")"
     fi
 
+    # `creatio-proxy reload` run inside the image (as `docker exec` / `kubectl exec` would):
+    # POST /reload on the admin listener, back to the forwarding config.
+    write_config forward
+    set +e
+    out=$(run_in "${mount[@]}" "$ctr" -- /usr/local/bin/creatio-proxy reload 2>&1)
+    code=$?
+    set -e
+    again=$(in_ns curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:5080/0/rest/NoSuchService/M || true)
+    if [[ $code == 0 && $out == *"config reloaded"* && $again == "$before" ]]; then
+        pass "creatio-proxy reload inside the image: exit 0 ($out); unrouted path $again again"
+    else
+        fail "creatio-proxy reload inside the image: exit $code, output: $out; unrouted path $again"
+    fi
+
     # SIGTERM: drains and exits 0, and `buildah run` passes that on.
     kill -TERM "$proxy_pid"
     t=$(now)

@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `health`, `demo`, `emulator`.
+//! The command line: `run` (default), `check`, `health`, `reload`, `demo`, `emulator`.
 //!
 //! Exit codes: 0 success; 1 `check` found a problem, `health` got no 2xx, or the proxy failed at
 //! run time; 64 the command line or the config file is wrong, or `run` was started as root
@@ -42,6 +42,17 @@ enum Command {
         url: String,
         /// Longest wait for the answer.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Ask the running proxy to re-read its config file (as SIGHUP does) through the admin
+    /// listener's POST /reload, from the same host; exit 0 when the new config was applied, 1
+    /// when it was refused (the reason is printed) or the proxy did not answer.
+    Reload {
+        /// The admin listener's reload URL (plain http, loopback).
+        #[arg(long, default_value = "http://127.0.0.1:5090/reload")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Start the built-in Creatio emulator and the proxy in front of it, and show it working.
@@ -103,6 +114,7 @@ pub fn main() -> i32 {
             runtime.block_on(crate::check::check(&config))
         }
         Command::Health { url, timeout } => runtime.block_on(health(&url, timeout)),
+        Command::Reload { url, timeout } => runtime.block_on(reload(&url, timeout)),
         Command::Demo { listen, once } => runtime.block_on(crate::demo::demo(listen, once)),
         Command::Emulator { listen } => runtime.block_on(crate::demo::emulator_only(listen)),
     }
@@ -147,34 +159,79 @@ fn refuse_root(allowed: bool) -> Option<String> {
     )
 }
 
-/// `health`: one GET, exit 0 on 2xx.
-async fn health(url: &str, timeout: std::time::Duration) -> i32 {
-    use http_body_util::Empty;
-    let uri: http::Uri = match url.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("health: {url} is not a URL: {e}");
-            return EXIT_USAGE;
-        }
-    };
+/// One request to an admin URL: the status and body, or why there was none.
+async fn admin_call(
+    method: http::Method,
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url} is not a URL: {e}"))?;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("{url}: {e}"))?;
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    match tokio::time::timeout(timeout, client.get(uri)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => {
-            println!("{url}: {}", resp.status());
-            0
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+}
+
+/// `health`: one GET, exit 0 on 2xx.
+async fn health(url: &str, timeout: std::time::Duration) -> i32 {
+    match admin_call(http::Method::GET, url, timeout).await {
+        Ok((status, _)) => {
+            println!("{url}: {status}");
+            if status.is_success() {
+                0
+            } else {
+                1
+            }
         }
-        Ok(Ok(resp)) => {
-            println!("{url}: {}", resp.status());
+        Err(e) => {
+            eprintln!("health: {e}");
             1
         }
-        Ok(Err(e)) => {
-            eprintln!("health: {url}: {e}");
-            1
+    }
+}
+
+/// `reload`: POST /reload, print the outcome, exit 0 when the new config was applied.
+async fn reload(url: &str, timeout: std::time::Duration) -> i32 {
+    match admin_call(http::Method::POST, url, timeout).await {
+        Ok((status, body)) => {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            if status.is_success() {
+                println!("reload: {message}");
+                0
+            } else {
+                eprintln!("reload: {status}: {message}");
+                1
+            }
         }
-        Err(_) => {
-            eprintln!("health: {url}: no answer within {timeout:?}");
+        Err(e) => {
+            eprintln!("reload: {e}");
             1
         }
     }
@@ -215,6 +272,7 @@ async fn run(config: Config, path: PathBuf) -> i32 {
         routes = config.routes.len(),
         "creatio-proxy ready"
     );
+    server.set_config_path(path.clone());
     tokio::spawn(crate::server::reload_on_sighup(server.reloader(), path));
     server.serve(crate::server::shutdown_signal()).await;
     tracing::info!("stopped");

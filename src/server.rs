@@ -52,6 +52,8 @@ struct State {
     metrics: Arc<Metrics>,
     /// SIGTERM arrived: `/readyz` answers 503 while in-flight requests finish.
     draining: AtomicBool,
+    /// The config file that SIGHUP and `POST /reload` read (set by `run`).
+    config_path: std::sync::OnceLock<PathBuf>,
 }
 
 /// A bound proxy, ready to serve.
@@ -99,6 +101,7 @@ impl Server {
                 live: Arc::new(Live::new(shared)),
                 metrics,
                 draining: AtomicBool::new(false),
+                config_path: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -121,6 +124,11 @@ impl Server {
     /// The state requests use now (identities and their sessions), for `check` and tests.
     pub fn shared(&self) -> Arc<Shared> {
         self.state.live.load_full()
+    }
+
+    /// The config file that `POST /reload` on the admin listener re-reads.
+    pub fn set_config_path(&self, path: PathBuf) {
+        let _ = self.state.config_path.set(path);
     }
 
     /// A handle that applies new configs to this server while it serves.
@@ -209,22 +217,19 @@ pub struct Reloader {
 
 impl Reloader {
     /// Reads `path` and applies it; on any error the running config stays and the error is
-    /// logged. Returns whether the new config was applied.
-    pub fn reload_file(&self, path: &Path) -> bool {
+    /// logged and returned.
+    pub fn reload_file(&self, path: &Path) -> Result<(), String> {
         let result = Config::load(path)
             .map_err(|e| format!("invalid config {}: {e}", path.display()))
             .and_then(|config| self.apply(&config));
-        match result {
-            Ok(()) => {
-                self.state.metrics.reload(true);
-                true
-            }
+        match &result {
+            Ok(()) => self.state.metrics.reload(true),
             Err(e) => {
                 self.state.metrics.reload(false);
                 tracing::error!("config reload refused, the running config stays: {e}");
-                false
             }
         }
+        result
     }
 
     /// Applies `config` to new requests. Requests under way finish with the config they
@@ -285,7 +290,7 @@ pub async fn reload_on_sighup(reloader: Reloader, path: PathBuf) {
         };
         while hup.recv().await.is_some() {
             tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-            reloader.reload_file(&path);
+            let _ = reloader.reload_file(&path);
         }
     }
     #[cfg(not(unix))]
@@ -308,9 +313,9 @@ fn is_allowed(allowed: &[IpBlock], peer: SocketAddr) -> bool {
 
 async fn serve_admin(listener: TcpListener, state: Arc<State>) {
     loop {
-        let stream = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok((stream, peer)) if is_allowed(&state.live.load().config.allowed_clients, peer) => {
-                stream
+                (stream, peer)
             }
             Ok(_) => continue,
             Err(e) => {
@@ -321,14 +326,14 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        tokio::spawn(serve_admin_conn(stream, state.clone()));
+        tokio::spawn(serve_admin_conn(stream, peer, state.clone()));
     }
 }
 
-async fn serve_admin_conn(stream: TcpStream, state: Arc<State>) {
+async fn serve_admin_conn(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(admin_answer(&req, &state).await) }
+        async move { Ok::<_, Infallible>(admin_answer(&req, peer, &state).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -343,8 +348,15 @@ const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// `/healthz`: the process runs. `/readyz`: every identity holds a usable session or token,
 /// or just got one (the probe logs in when there is none, within the login back-off).
-/// `/metrics`: Prometheus text.
-async fn admin_answer(req: &Request<Incoming>, state: &State) -> Response<ProxyBody> {
+/// `/metrics`: Prometheus text. `POST /reload`: re-read the config file, from loopback only.
+async fn admin_answer(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Response<ProxyBody> {
+    if req.uri().path() == "/reload" {
+        return reload_answer(req, peer, state).await;
+    }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return admin_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -386,11 +398,66 @@ async fn admin_answer(req: &Request<Incoming>, state: &State) -> Response<ProxyB
         }
         _ => admin_response(
             StatusCode::NOT_FOUND,
-            r#"{"error":"not_found","message":"admin endpoints: /healthz, /readyz, /metrics"}"#
+            r#"{"error":"not_found","message":"admin endpoints: GET /healthz, /readyz, /metrics; POST /reload"}"#
                 .to_string(),
             "application/json; charset=utf-8",
         ),
     }
+}
+
+/// `POST /reload`: the same as SIGHUP, with the outcome in the answer. Only a client on this
+/// host's loopback may ask (in a pod: `kubectl exec`; the admin port itself may face the pod
+/// network for the kubelet's probes), since a reload re-reads files and restarts identities.
+async fn reload_answer(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Response<ProxyBody> {
+    const JSON: &str = "application/json; charset=utf-8";
+    if req.method() != http::Method::POST {
+        return admin_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method_not_allowed","message":"POST /reload re-reads the config file"}"#
+                .to_string(),
+            JSON,
+        );
+    }
+    if !peer.ip().is_loopback() {
+        return admin_response(
+            StatusCode::FORBIDDEN,
+            r#"{"error":"forbidden","message":"POST /reload is answered only to clients on this host's loopback (e.g. creatio-proxy reload run beside the proxy)"}"#
+                .to_string(),
+            JSON,
+        );
+    }
+    let Some(path) = state.config_path.get().cloned() else {
+        return admin_response(
+            StatusCode::CONFLICT,
+            r#"{"error":"no_config_file","message":"this proxy was not started from a config file"}"#
+                .to_string(),
+            JSON,
+        );
+    };
+    let reloader = Reloader {
+        state: state.clone(),
+    };
+    // Reading files blocks: off the async workers.
+    let outcome = tokio::task::spawn_blocking(move || reloader.reload_file(&path)).await;
+    let (status, body) = match outcome {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            serde_json::json!({"status": "applied", "message": "config reloaded; new requests use it"}),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"status": "refused", "message": format!("the running config stays: {e}")}),
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"status": "refused", "message": "the reload failed unexpectedly; the running config stays"}),
+        ),
+    };
+    admin_response(status, body.to_string(), JSON)
 }
 
 /// A session that may be sent now: a cookie session, or a token before its stop time.

@@ -642,7 +642,7 @@ async fn get_on(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_a_new_route_on_open_connections_and_refuses_a_broken_config() {
+async fn sighup_and_reload_apply_a_new_route_on_open_connections_and_refuse_a_broken_config() {
     let emu = emulator(options()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let base = format!(
@@ -701,14 +701,42 @@ async fn sighup_applies_a_new_route_on_open_connections_and_refuses_a_broken_con
     );
     assert_eq!(get_on(&mut conn, "/0/odata/Contact").await, StatusCode::OK);
 
+    // The same through `creatio-proxy reload` (POST /reload on the admin listener), which
+    // reports the outcome: first the broken file, then the base config without the route.
+    let reload = |admin: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["reload", "--url", &format!("http://{admin}/reload")])
+                .output()
+                .expect("runs")
+        })
+    };
+    let refused = reload(admin.clone()).await.expect("join");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains("routes[1].identity"),
+        "{stderr}"
+    );
+    write_config(&dir, &base);
+    let applied = reload(admin.clone()).await.expect("join");
+    assert_eq!(applied.status.code(), Some(0), "{applied:?}");
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("config reloaded"));
+    assert_eq!(
+        get_on(&mut conn, "/0/rest/UsrPortalService/GetCases").await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get_on(&mut conn, "/0/odata/Contact").await, StatusCode::OK);
+    assert_eq!(emu.logins("Supervisor"), 1);
+
     let c = client();
     let metrics = get(&c, &format!("http://{admin}/metrics")).await.text();
     assert!(
-        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"applied\"} 1"),
+        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"applied\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"refused\"} 1"),
+        metrics.contains("creatio_proxy_config_reloads_total{outcome=\"refused\"} 2"),
         "{metrics}"
     );
     drop(conn);

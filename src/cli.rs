@@ -251,7 +251,33 @@ fn load(path: Option<&std::path::Path>) -> Option<Config> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go and nginx's
+/// `worker_rlimit_nofile` users do: every client connection and every connection to Creatio
+/// takes a descriptor, and the usual soft limit of 1024 would refuse connections past a few
+/// hundred clients. Returns the soft limit in force.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) if current < maximum => {
+            let raised = Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => Some(maximum),
+                Err(e) => {
+                    tracing::debug!("cannot raise the open files limit from {current}: {e}");
+                    Some(current)
+                }
+            }
+        }
+        (current, _) => current,
+    }
+}
+
 async fn run(config: Config, path: PathBuf) -> i32 {
+    let open_files = raise_open_files_limit();
     let server = match crate::server::Server::bind(&config).await {
         Ok(s) => s,
         Err(e) => {
@@ -269,6 +295,7 @@ async fn run(config: Config, path: PathBuf) -> i32 {
         creatio = %config.creatio.display,
         egress = %server.egress(),
         identities = config.identities.len(),
+        open_files = %open_files.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
         routes = config.routes.len(),
         "creatio-proxy ready"
     );

@@ -891,3 +891,33 @@ async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_
     );
     emu.shutdown();
 }
+
+/// Started with a soft limit of 256 open files (and a hard one of 4096), the proxy raises the
+/// soft limit to the hard one, so hundreds of clients are not refused for want of descriptors.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        &dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"http://127.0.0.1:9\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+    );
+    let child = Command::new("prlimit")
+        .args(["--nofile=256:4096", BIN, "--config", &path])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit runs");
+    let mut proxy = Running::from_child(child);
+    let ready = proxy.ready_line();
+    assert!(ready.contains("open_files=4096"), "{ready}");
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", proxy.child.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    assert_eq!(proxy.terminate().1, Some(0));
+}

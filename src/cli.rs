@@ -94,6 +94,11 @@ pub fn main() -> i32 {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            // First of all: SIGHUP's default action would end the process.
+            let hup = {
+                let _context = runtime.enter();
+                crate::server::catch_sighup()
+            };
             let Some(config) = load(cli.config.as_deref()) else {
                 return EXIT_USAGE;
             };
@@ -103,7 +108,7 @@ pub fn main() -> i32 {
             }
             crate::telemetry::init(&config.log, true);
             let path = cli.config.unwrap_or_default();
-            let code = runtime.block_on(run(config, path));
+            let code = runtime.block_on(run(config, path, hup));
             crate::telemetry::flush();
             code
         }
@@ -254,29 +259,39 @@ fn load(path: Option<&std::path::Path>) -> Option<Config> {
 /// Raises the soft limit on open files to the hard limit, as Go and nginx's
 /// `worker_rlimit_nofile` users do: every client connection and every connection to Creatio
 /// takes a descriptor, and the usual soft limit of 1024 would refuse connections past a few
-/// hundred clients. Returns the soft limit in force.
+/// hundred clients. Returns the soft limit in force, if known.
+///
+/// The limits are read from `/proc/self/limits` rather than with `getrlimit`: rustix treats
+/// that call as infallible, and a seccomp filter (systemd's `SystemCallFilter=~@resources`)
+/// can make it fail. Raising is a plain `setrlimit`, whose failure is only logged.
 fn raise_open_files_limit() -> Option<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    match (limit.current, limit.maximum) {
-        (Some(current), Some(maximum)) if current < maximum => {
-            let raised = Rlimit {
-                current: Some(maximum),
-                maximum: Some(maximum),
-            };
-            match setrlimit(Resource::Nofile, raised) {
-                Ok(()) => Some(maximum),
-                Err(e) => {
-                    tracing::debug!("cannot raise the open files limit from {current}: {e}");
-                    Some(current)
-                }
-            }
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut numbers = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok());
+    let (Some(Some(current)), Some(maximum)) = (numbers.next(), numbers.next()) else {
+        return None;
+    };
+    let Some(maximum) = maximum.filter(|m| *m > current) else {
+        return Some(current);
+    };
+    let raised = Rlimit {
+        current: Some(maximum),
+        maximum: Some(maximum),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => Some(maximum),
+        Err(e) => {
+            tracing::debug!("cannot raise the open files limit from {current}: {e}");
+            Some(current)
         }
-        (current, _) => current,
     }
 }
 
-async fn run(config: Config, path: PathBuf) -> i32 {
+async fn run(config: Config, path: PathBuf, hup: Option<tokio::signal::unix::Signal>) -> i32 {
     let open_files = raise_open_files_limit();
     let server = match crate::server::Server::bind(&config).await {
         Ok(s) => s,
@@ -295,12 +310,18 @@ async fn run(config: Config, path: PathBuf) -> i32 {
         creatio = %config.creatio.display,
         egress = %server.egress(),
         identities = config.identities.len(),
-        open_files = %open_files.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+        open_files = %open_files.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
         routes = config.routes.len(),
         "creatio-proxy ready"
     );
     server.set_config_path(path.clone());
-    tokio::spawn(crate::server::reload_on_sighup(server.reloader(), path));
+    if let Some(hup) = hup {
+        tokio::spawn(crate::server::reload_on_sighup(
+            server.reloader(),
+            path,
+            hup,
+        ));
+    }
     server.serve(crate::server::shutdown_signal()).await;
     tracing::info!("stopped");
     0

@@ -6,13 +6,14 @@
 //!   end to end inside the tunnel, so the proxy never sees the session cookies.
 //! - An `http` origin is reached the way HTTP proxies expect plain HTTP: the connection goes
 //!   to the proxy and each request carries the absolute URL (see [`crate::pool`]).
-//! - `NO_PROXY` is honoured in both cases. With proxies taken from the environment, loopback
+//! - `creatio.no_proxy` (or, without it, `NO_PROXY`) is honoured in both cases; the key lets a
+//!   config be independent of the environment. With proxies taken from the environment, loopback
 //!   hosts (`localhost`, 127.0.0.0/8, ::1) always connect directly, as Go and most CLI tools
 //!   do: a proxy set for the whole host must not capture a Creatio (or emulator) on loopback.
 //! - Proxy credentials (`http://user:password@host:port`) become a `Proxy-Authorization:
 //!   Basic` header and are never logged: [`EgressRules::describe`] shows host and port only.
 //!
-//! hyper-util provides the parsing of the variables ([`Matcher`]) and the CONNECT handshake
+//! hyper-util provides the parsing of the proxy URLs and lists ([`Matcher`]) and the CONNECT handshake
 //! ([`Tunnel`]); this module chooses per origin and labels the errors.
 
 use std::future::Future;
@@ -67,16 +68,17 @@ impl std::fmt::Debug for Route {
 }
 
 impl EgressRules {
-    /// The rules for `setting`; the environment is read now (at start and at each reload).
-    pub fn new(setting: &EgressProxy) -> Self {
-        let no_proxy = ["NO_PROXY", "no_proxy"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok())
-            .unwrap_or_default();
+    /// The rules for `setting` and `no_proxy` (`creatio.no_proxy`; `None`: the `NO_PROXY`
+    /// variable). The environment is read now (at start and at each reload).
+    pub fn new(setting: &EgressProxy, no_proxy: Option<&str>) -> Self {
+        let no_proxy = match no_proxy {
+            Some(list) => list.to_string(),
+            None => env_first(&["NO_PROXY", "no_proxy"]),
+        };
         Self::with_no_proxy(setting, no_proxy)
     }
 
-    /// The rules for `setting`, with `no_proxy` (the `NO_PROXY` list) for a configured proxy.
+    /// The rules for `setting`, with `no_proxy` (the `NO_PROXY` list).
     fn with_no_proxy(setting: &EgressProxy, no_proxy: String) -> Self {
         match setting {
             EgressProxy::Direct => EgressRules {
@@ -95,7 +97,14 @@ impl EgressRules {
                 source: "creatio.proxy",
             },
             EgressProxy::FromEnv => EgressRules {
-                matcher: Some(Matcher::from_env()),
+                matcher: Some(
+                    Matcher::builder()
+                        .all(env_first(&["ALL_PROXY", "all_proxy"]))
+                        .http(env_first(&["HTTP_PROXY", "http_proxy"]))
+                        .https(env_first(&["HTTPS_PROXY", "https_proxy"]))
+                        .no(no_proxy)
+                        .build(),
+                ),
                 loopback_direct: true,
                 source: "environment",
             },
@@ -133,6 +142,14 @@ impl EgressRules {
             }
         }
     }
+}
+
+/// The first of `names` set in the environment, or "" (curl's order: upper case first).
+fn env_first(names: &[&str]) -> String {
+    names
+        .iter()
+        .find_map(|k| std::env::var(k).ok())
+        .unwrap_or_default()
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -231,7 +248,7 @@ mod tests {
     use crate::config::Secret;
 
     fn rules(url: &str) -> EgressRules {
-        EgressRules::new(&EgressProxy::Url(Secret::new(url)))
+        EgressRules::new(&EgressProxy::Url(Secret::new(url)), Some(""))
     }
 
     #[test]
@@ -254,9 +271,9 @@ mod tests {
 
     #[test]
     fn no_proxy_hosts_and_subdomains_connect_directly() {
-        let r = EgressRules::with_no_proxy(
+        let r = EgressRules::new(
             &EgressProxy::Url(Secret::new("http://egress.corp:3128")),
-            "crm.corp.local, .intra, 10.0.0.0/8".to_string(),
+            Some("crm.corp.local, .intra, 10.0.0.0/8"),
         );
         for direct in [
             "https://crm.corp.local/",
@@ -272,7 +289,7 @@ mod tests {
 
     #[test]
     fn an_empty_proxy_means_direct() {
-        let r = EgressRules::new(&EgressProxy::Direct);
+        let r = EgressRules::new(&EgressProxy::Direct, None);
         assert!(matches!(
             r.route(&"https://acme.creatio.com/".parse().expect("uri")),
             Route::Direct

@@ -72,6 +72,7 @@ pub struct Metrics {
     /// Client connections open now.
     pub open_connections: Gauge,
     reloads: Family<Labels, Counter>,
+    render_lock: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -177,6 +178,7 @@ impl Metrics {
             bytes_out,
             open_connections,
             reloads,
+            render_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -233,6 +235,12 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format, after setting the state gauges
     /// from `identities`.
     pub fn render(&self, identities: &[IdentityState]) -> String {
+        // The state gauges are cleared and refilled: one scrape at a time, or a concurrent
+        // one could miss them. (No await inside; a poisoned lock only means a past panic.)
+        let _one_at_a_time = self
+            .render_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.backoff.clear();
         self.session_age.clear();
         self.ready.clear();

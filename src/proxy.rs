@@ -49,7 +49,7 @@ use crate::config::{Config, CreatioUrl, Secret};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, Replay, RouteMetrics};
 use crate::pool::{PeerBody, Upstream, UpstreamError};
-use crate::routes::{apply_ssp, has_dot_segment, RouteDecision, RouteTable};
+use crate::routes::{apply_ssp, has_dot_segment, remove_ssp, RouteDecision, RouteTable};
 use crate::upstream::{remove_hop_by_hop, strip_client_credentials, BPMCSRF_HEADER};
 
 /// The request id header, read from clients and set on every answer.
@@ -728,6 +728,7 @@ impl Service<Request<Incoming>> for Gateway {
         let request_id = request_id(req.headers());
         let shared = self.live.load_full();
         let decided = admit(&shared, &req);
+        let ssp_route = decided.as_ref().is_ok_and(|d| d.ssp);
         let method = req.method().clone();
         let path: Arc<str> = Arc::from(req.uri().path());
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -768,6 +769,7 @@ impl Service<Request<Incoming>> for Gateway {
                     response.headers_mut(),
                     &shared.creatio,
                     client_host.as_ref(),
+                    ssp_route,
                 );
             }
             let outcome = response.extensions().get::<Outcome>().copied();
@@ -796,9 +798,16 @@ impl Service<Request<Incoming>> for Gateway {
 /// A `Location` that points into Creatio (`creatio.url`, any case) is pointed at the proxy
 /// instead, as the client addressed it (its `Host`): a client that follows the `Location` of a
 /// created record (`201`, OData) must come back through the proxy, which holds the session.
+/// On an ssp route the `ssp` segment the proxy inserted is taken out again, so the followed
+/// path meets the same route (and identity) and gets it back.
 /// Other locations (relative ones, other hosts) pass unchanged. Bodies are never rewritten:
 /// `@odata.context` and links inside JSON keep Creatio's address.
-fn rewrite_location(headers: &mut HeaderMap, creatio: &CreatioUrl, host: Option<&HeaderValue>) {
+fn rewrite_location(
+    headers: &mut HeaderMap,
+    creatio: &CreatioUrl,
+    host: Option<&HeaderValue>,
+    ssp: bool,
+) {
     let (Some(location), Some(host)) = (headers.get(header::LOCATION), host) else {
         return;
     };
@@ -818,6 +827,11 @@ fn rewrite_location(headers: &mut HeaderMap, creatio: &CreatioUrl, host: Option<
     if !head.eq_ignore_ascii_case(&root) || !(rest.is_empty() || rest.starts_with(['/', '?'])) {
         return;
     }
+    let rest: Cow<'_, str> = match rest.find('?') {
+        _ if !ssp || !rest.starts_with('/') => Cow::Borrowed(rest),
+        Some(q) => Cow::Owned(format!("{}{}", remove_ssp(&rest[..q]), &rest[q..])),
+        None => remove_ssp(rest),
+    };
     if let Ok(value) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
         headers.insert(header::LOCATION, value);
     }
@@ -945,9 +959,22 @@ mod tests {
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(header::LOCATION, HeaderValue::from_static(from));
-            rewrite_location(&mut headers, &creatio, Some(&host));
+            rewrite_location(&mut headers, &creatio, Some(&host), false);
             assert_eq!(headers[header::LOCATION], to, "{from}");
         }
+        // On an ssp route, the inserted segment is taken out again.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static(
+                "https://acme.creatio.com/CreatioWebApp/0/ssp/odata/Case(7)?a=/ssp",
+            ),
+        );
+        rewrite_location(&mut headers, &creatio, Some(&host), true);
+        assert_eq!(
+            headers[header::LOCATION],
+            "http://127.0.0.1:5080/0/odata/Case(7)?a=/ssp"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!    with a backslash that IIS would read as `/`, are refused: normalising them could move a
 //!    request into another route's prefix (another identity) or out of the application.
 //! 2. The longest `[[routes]]` prefix wins. Prefixes match whole segments (`/0/rest/A` matches
-//!    `/0/rest/A` and `/0/rest/A/M`, not `/0/rest/AB`) and ASCII case-insensitively, because
+//!    `/0/rest/A`, `/0/rest/A/M` and the OData key form `/0/rest/A(1)`, not `/0/rest/AB`) and
+//!    ASCII case-insensitively, because
 //!    IIS serves `/0/REST/A` as `/0/rest/A`: a case variant must not escape its route.
 //! 3. Unmatched paths go to the default identity (or are refused when `unmatched = "deny"`).
 //! 4. `ssp = true` applies the contract's /ssp rule ([`apply_ssp`]).
@@ -73,7 +74,13 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         (Some(p), Some(rest)) => (p, rest),
         _ => return false,
     };
-    p.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
+    // `(` (raw or percent-encoded) opens an OData key or function on the last segment:
+    // `/0/odata/Case` serves `/0/odata/Case(<id>)` too, or a record's own URL (a `Location`)
+    // would leave the route, and its identity, for the default one.
+    let boundary = rest.is_empty()
+        || rest.starts_with(['/', '('])
+        || rest.get(..3).is_some_and(|r| r.eq_ignore_ascii_case("%28"));
+    p.eq_ignore_ascii_case(prefix) && boundary
 }
 
 /// True when any segment of `path` is `.` or `..` after percent-decoding, or the path holds a
@@ -117,9 +124,46 @@ pub fn apply_ssp(path: &str) -> Cow<'_, str> {
     Cow::Owned(format!("/ssp{path}"))
 }
 
+/// The inverse of [`apply_ssp`]: `/0/ssp/x` → `/0/x`, `/ssp/x` → `/x`; other paths unchanged.
+/// For a `Location` on an ssp route, so that following it matches the same route again.
+pub fn remove_ssp(path: &str) -> Cow<'_, str> {
+    let seg_at = |at: usize| {
+        let bytes = path.as_bytes();
+        bytes.len() >= at + 4
+            && bytes[at..at + 4].eq_ignore_ascii_case(b"/ssp")
+            && bytes.get(at + 4).is_none_or(|b| *b == b'/')
+    };
+    let zero = path.len() >= 2
+        && path.as_bytes()[..2].eq_ignore_ascii_case(b"/0")
+        && path.as_bytes().get(2).is_none_or(|b| *b == b'/');
+    // Byte offsets of ASCII matches: slicing there never splits a character.
+    if zero && seg_at(2) {
+        return Cow::Owned(format!("/0{}", &path[6..]));
+    }
+    if seg_at(0) {
+        let rest = &path[4..];
+        return Cow::Owned(if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        });
+    }
+    Cow::Borrowed(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_ssp_undoes_apply_ssp() {
+        for path in ["/0/rest/S/M", "/0/odata/Contact(1)", "/rest/S/M", "/0", "/"] {
+            assert_eq!(remove_ssp(&apply_ssp(path)), path, "{path}");
+        }
+        assert_eq!(remove_ssp("/0/sspx/a"), "/0/sspx/a");
+        assert_eq!(remove_ssp("/0/SSP/a"), "/0/a");
+        assert_eq!(remove_ssp("/ü/ssp"), "/ü/ssp");
+    }
 
     #[test]
     fn ssp_rule_matches_the_contract() {
@@ -204,6 +248,10 @@ mod tests {
         assert_eq!(d("/0/REST/usrportalservice/Get"), Some((2, true)));
         assert_eq!(d("/0/rest/UsrPortalService"), Some((2, true)));
         assert_eq!(d("/0/rest/UsrPortalServiceX/Get"), Some((1, false)));
+        // An OData key ends the segment, raw or percent-encoded.
+        assert_eq!(d("/0/rest/UsrPortalService(1)"), Some((2, true)));
+        assert_eq!(d("/0/rest/UsrPortalService%28'a'%29"), Some((2, true)));
+        assert_eq!(d("/0/rest/UsrPortalService%2"), Some((1, false)));
         assert_eq!(d("/0/odata/Contact"), Some((0, false)));
         let deny = RouteTable {
             routes: table.routes.clone(),

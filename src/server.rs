@@ -238,8 +238,21 @@ impl Reloader {
     /// back-off), which starts every identity afresh over a new connection pool.
     pub fn apply(&self, config: &Config) -> Result<(), String> {
         let old = self.state.live.load_full();
+        // The listener stays where it was bound: the new access rules must be safe there.
+        config.check_exposure_at(old.config.listen).map_err(|e| {
+            format!(
+                "{e} (the proxy still listens on {}: a listen change needs a restart)",
+                old.config.listen
+            )
+        })?;
         let same_upstream = old.config.same_upstream(config);
         let client = if same_upstream {
+            if config.insecure_skip_verify {
+                tracing::warn!(
+                    "creatio.insecure_skip_verify = true: the TLS certificates of Creatio and the \
+                     Identity Service are NOT checked; give the server's CA with creatio.ca_file instead"
+                );
+            }
             old.client().clone()
         } else {
             build_upstream(config).map_err(|e| e.to_string())?
@@ -279,23 +292,30 @@ impl Reloader {
     }
 }
 
-/// Reloads the config file on every SIGHUP, until the process ends.
-pub async fn reload_on_sighup(reloader: Reloader, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot watch SIGHUP; config reloads need a restart");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-            let _ = reloader.reload_file(&path);
+/// SIGHUP, caught from now on. Call it as early as possible: until a handler is installed,
+/// SIGHUP's default action ends the process (a `systemctl reload` right after `start`).
+/// Needs a Tokio runtime context.
+pub fn catch_sighup() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            eprintln!("creatio-proxy: cannot catch SIGHUP ({e}); config reloads need a restart");
+            None
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (reloader, path);
+}
+
+/// Reloads the config file on every SIGHUP (caught by [`catch_sighup`]), until the process
+/// ends. A SIGHUP that arrived before this runs is handled at once.
+pub async fn reload_on_sighup(
+    reloader: Reloader,
+    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        let _ = reloader.reload_file(&path);
     }
 }
 
@@ -314,7 +334,12 @@ fn is_allowed(allowed: &[IpBlock], peer: SocketAddr) -> bool {
 async fn serve_admin(listener: TcpListener, state: Arc<State>) {
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok((stream, peer)) if is_allowed(&state.live.load().config.allowed_clients, peer) => {
+            // Loopback is always let in: the image's HEALTHCHECK and `creatio-proxy reload` run
+            // beside the proxy, whatever server.allowed_clients says about remote clients.
+            Ok((stream, peer))
+                if peer.ip().to_canonical().is_loopback()
+                    || is_allowed(&state.live.load().config.allowed_clients, peer) =>
+            {
                 (stream, peer)
             }
             Ok(_) => continue,
@@ -422,7 +447,7 @@ async fn reload_answer(
             JSON,
         );
     }
-    if !peer.ip().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() {
         return admin_response(
             StatusCode::FORBIDDEN,
             r#"{"error":"forbidden","message":"POST /reload is answered only to clients on this host's loopback (e.g. creatio-proxy reload run beside the proxy)"}"#
@@ -474,10 +499,12 @@ async fn readiness(state: &State) -> (StatusCode, serde_json::Value) {
     }
     let shared = state.live.load_full();
     let mut checks = tokio::task::JoinSet::new();
+    let mut unanswered = Vec::new();
     for (index, identity) in shared.identities.iter().enumerate() {
         if identity.current().as_deref().is_some_and(usable) {
             continue;
         }
+        unanswered.push(index);
         let identity = identity.clone();
         let ctx = shared.login_context().clone();
         checks.spawn(async move {
@@ -487,9 +514,11 @@ async fn readiness(state: &State) -> (StatusCode, serde_json::Value) {
     }
     let mut not_ready = Vec::new();
     while let Some(joined) = checks.join_next().await {
+        // A check that panicked leaves its index in `unanswered`: not ready, below.
         let Ok((index, identity, outcome)) = joined else {
             continue;
         };
+        unanswered.retain(|i| *i != index);
         let mut entry = serde_json::json!({
             "identity": identity.name().as_ref(),
             "principal": identity.principal(),
@@ -529,6 +558,17 @@ async fn readiness(state: &State) -> (StatusCode, serde_json::Value) {
             }
         }
         not_ready.push((index, entry));
+    }
+    for index in unanswered {
+        if let Some(identity) = shared.identities.get(index) {
+            let entry = serde_json::json!({
+                "identity": identity.name().as_ref(),
+                "principal": identity.principal(),
+                "error": "check_failed",
+                "reason": "the readiness check of this identity failed unexpectedly",
+            });
+            not_ready.push((index, entry));
+        }
     }
     if not_ready.is_empty() {
         return (StatusCode::OK, serde_json::json!({"status": "ready"}));

@@ -37,11 +37,9 @@ pub enum ClientError {
 pub fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.ca_file {
+    if let (Some(path), Some(pem)) = (&config.ca_file, &config.ca_pem) {
         let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| ClientError::CaFile(format!("cannot read {}: {e}", path.display())))?
-        {
+        for cert in CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| ClientError::CaFile(format!("{}: {e}", path.display())))?;
             roots
                 .add(cert)
@@ -77,7 +75,7 @@ pub fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let rules = Arc::new(EgressRules::new(&config.egress));
+    let rules = Arc::new(EgressRules::new(&config.egress, config.no_proxy.as_deref()));
     let connector = Connector::new(http, rules.clone(), config.connect_timeout);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

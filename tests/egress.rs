@@ -42,7 +42,7 @@ async fn https_goes_through_one_connect_tunnel_with_the_proxy_credentials() {
     let toml = with_creatio(
         &emu,
         &format!(
-            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nproxy = \"http://corp-user:corp-Pa55@{}\"",
+            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nno_proxy = \"\"\nproxy = \"http://corp-user:corp-Pa55@{}\"",
             egress.addr
         ),
     );
@@ -89,7 +89,7 @@ async fn plain_http_goes_to_the_proxy_in_absolute_form() {
     let toml = with_creatio(
         &emu,
         &format!(
-            "url = \"http://crm.corp.example\"\nproxy = \"{}\"",
+            "url = \"http://crm.corp.example\"\nno_proxy = \"\"\nproxy = \"{}\"",
             egress.addr
         ),
     );
@@ -117,7 +117,7 @@ async fn a_refused_tunnel_is_a_502_that_names_the_proxy_and_hides_its_password()
     let toml = with_creatio(
         &emu,
         &format!(
-            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nproxy = \"http://corp-user:Wr0ng-Pr0xy@{}\"",
+            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nno_proxy = \"\"\nproxy = \"http://corp-user:Wr0ng-Pr0xy@{}\"",
             egress.addr
         ),
     );

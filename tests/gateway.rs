@@ -345,6 +345,39 @@ async fn portal_route_with_ssp_reaches_the_ssp_path_as_the_portal_user() {
     proxy.stop().await;
 }
 
+/// A record created on an ssp route answers with a `Location` under `/0/ssp/...`; the proxy
+/// gives the client the path without `ssp`, which meets the same route (and portal user).
+#[tokio::test]
+async fn a_location_from_an_ssp_route_leads_back_through_that_route() {
+    let routes = PORTAL.replace("SSP", "true").replace(
+        "prefix = \"/0/rest/UsrPortalService\"",
+        "prefix = \"/0/odata/Case\"",
+    );
+    let (emu, proxy, c) = setup(EmulatorOptions::default(), "unmatched = \"deny\"", &routes).await;
+    let created = send(
+        &c,
+        Method::POST,
+        &proxy.url("/0/odata/Case"),
+        &[("content-type", "application/json")],
+        r#"{"Subject":"Printer"}"#,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let id = created.json()["Id"].as_str().expect("id").to_string();
+    let location = created.headers["location"].to_str().expect("ascii");
+    assert_eq!(location, proxy.url(&format!("/0/odata/Case({id})")));
+    let followed = get(&c, location).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text());
+    assert_eq!(followed.json()["Subject"], "Printer");
+    assert_eq!(
+        last_seen(&emu, &format!("/0/ssp/odata/Case({id})"))
+            .user
+            .as_deref(),
+        Some("portal.user")
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn portal_route_without_ssp_passes_creatios_403_through_unchanged() {
     let (emu, proxy, c) = setup(

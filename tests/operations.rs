@@ -331,3 +331,28 @@ async fn a_reload_applies_new_routes_and_keeps_the_sessions_of_unchanged_identit
     proxy.stop().await;
     emu.shutdown();
 }
+
+/// `server.allowed_clients` guards the client port; the admin port always lets loopback in, so
+/// the image's HEALTHCHECK and `creatio-proxy reload` (both run beside the proxy) keep working.
+#[tokio::test]
+async fn allowed_clients_never_lock_loopback_out_of_the_admin_port() {
+    let emu = emulator(EmulatorOptions::default()).await;
+    let toml = config_toml(&emu, "allowed_clients = [\"10.0.0.0/8\"]", ADMIN);
+    let proxy = proxy_from_toml(&toml).await;
+    let c = client();
+    let health = get(&c, &proxy.admin_url("/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = get(&c, &proxy.admin_url("/readyz")).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    // The client port still refuses 127.0.0.1: the connection is closed unanswered.
+    let refused = c
+        .request(
+            http::Request::get(proxy.url("/0/odata/Contact"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(emu.requests("/0/odata/Contact"), 0);
+    proxy.stop().await;
+}

@@ -80,6 +80,8 @@ pub struct CreatioFile {
     /// Egress HTTP proxy, `http://[user:password@]host:port`; `""` = never one. Absent: the
     /// `HTTPS_PROXY` family of environment variables.
     pub proxy: Option<String>,
+    /// Hosts that bypass the egress proxy (the `NO_PROXY` syntax); absent: `NO_PROXY`.
+    pub no_proxy: Option<String>,
     /// Longest wait for a TCP (and TLS) connection to Creatio; default `10s`.
     pub connect_timeout: Option<String>,
 }

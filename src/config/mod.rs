@@ -77,10 +77,14 @@ pub struct Config {
     pub creatio: CreatioUrl,
     /// Extra CA certificates for Creatio's TLS.
     pub ca_file: Option<PathBuf>,
+    /// The contents of `ca_file`, read with the config.
+    pub ca_pem: Option<std::sync::Arc<Vec<u8>>>,
     /// TLS certificates of Creatio and the Identity Service are not checked (warned at start).
     pub insecure_skip_verify: bool,
     /// How connections to Creatio and the Identity Service leave this host.
     pub egress: EgressProxy,
+    /// `creatio.no_proxy`: hosts that bypass the egress proxy; `None`: `NO_PROXY` decides.
+    pub no_proxy: Option<String>,
     /// Identities: index 0 is `[auth]` when present; routes refer to identities by index.
     pub identities: Vec<IdentityConfig>,
     /// Index into `identities` of the `[auth]` identity, if configured.
@@ -91,6 +95,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `run` may start as root (with a warning); false: it refuses (exit 64).
     pub allow_root: bool,
+    /// `server.allow_unauthenticated_remote`.
+    pub allow_unauthenticated_remote: bool,
 }
 
 impl Config {
@@ -99,12 +105,43 @@ impl Config {
     pub fn same_upstream(&self, other: &Config) -> bool {
         self.creatio.display == other.creatio.display
             && self.ca_file == other.ca_file
+            && self.ca_pem == other.ca_pem
             && self.insecure_skip_verify == other.insecure_skip_verify
             && self.egress == other.egress
+            && self.no_proxy == other.no_proxy
             && self.connect_timeout == other.connect_timeout
             && self.upstream_timeout == other.upstream_timeout
             && self.login_backoff == other.login_backoff
             && self.login_backoff_max == other.login_backoff_max
+    }
+}
+
+/// Anyone who reaches a non-loopback listener acts as the Creatio user: such a listener needs
+/// client tokens, allowed clients or an explicit `allow_unauthenticated_remote`.
+fn check_exposure(listen: SocketAddr, unguarded: bool) -> Result<(), ConfigError> {
+    if listen.ip().is_loopback() || !unguarded {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "server.listen",
+        format!(
+            "{listen} is reachable from other hosts, and anyone who reaches it acts as the Creatio user; \
+             set server.client_tokens or server.allowed_clients, or server.allow_unauthenticated_remote = true \
+             if the network is trusted (a Kubernetes pod: listen on 127.0.0.1 instead)"
+        ),
+    ))
+}
+
+impl Config {
+    /// The listener rule of [`check_exposure`] for `listen`, the address actually bound: a
+    /// reload cannot move the listener, so a new config must be safe on the old address.
+    pub fn check_exposure_at(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        check_exposure(
+            listen,
+            self.client_tokens.is_empty()
+                && self.allowed_clients.is_empty()
+                && !self.allow_unauthenticated_remote,
+        )
     }
 }
 
@@ -499,20 +536,10 @@ impl Config {
             })?);
         }
         let remote_ok = s.allow_unauthenticated_remote.unwrap_or(false);
-        if !listen.ip().is_loopback()
-            && client_tokens.is_empty()
-            && allowed_clients.is_empty()
-            && !remote_ok
-        {
-            return Err(ConfigError::new(
-                "server.listen",
-                format!(
-                    "{listen} is reachable from other hosts, and anyone who reaches it acts as the Creatio user; \
-                     set server.client_tokens or server.allowed_clients, or server.allow_unauthenticated_remote = true \
-                     if the network is trusted (a Kubernetes pod: listen on 127.0.0.1 instead)"
-                ),
-            ));
-        }
+        check_exposure(
+            listen,
+            client_tokens.is_empty() && allowed_clients.is_empty() && !remote_ok,
+        )?;
 
         let creatio = parse_creatio_url(file.creatio.url.as_deref())?;
         let egress = match file.creatio.proxy.as_deref().map(str::trim) {
@@ -520,6 +547,7 @@ impl Config {
             Some("") => EgressProxy::Direct,
             Some(url) => EgressProxy::Url(parse_egress_proxy(url)?),
         };
+        let mut ca_pem = None;
         if let Some(ca) = &file.creatio.ca_file {
             if !ca.is_file() {
                 return Err(ConfigError::new(
@@ -527,6 +555,14 @@ impl Config {
                     format!("cannot read {}: no such file", ca.display()),
                 ));
             }
+            // Read now, so that a reload notices a CA file renewed in place.
+            let bytes = std::fs::read(ca).map_err(|e| {
+                ConfigError::new(
+                    "creatio.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                )
+            })?;
+            ca_pem = Some(std::sync::Arc::new(bytes));
         }
 
         let mut identities = Vec::new();
@@ -651,13 +687,16 @@ impl Config {
             connect_timeout,
             creatio,
             ca_file: file.creatio.ca_file.clone(),
+            ca_pem,
             insecure_skip_verify: file.creatio.insecure_skip_verify.unwrap_or(false),
             egress,
+            no_proxy: file.creatio.no_proxy.clone(),
             identities,
             default_identity,
             routes,
             log,
             allow_root: s.allow_root.unwrap_or(true),
+            allow_unauthenticated_remote: remote_ok,
         })
     }
 }
@@ -1388,6 +1427,43 @@ mod tests {
             .expect_err("syntax error");
         assert!(!err.to_string().contains("pa55word"), "{err}");
         assert!(err.to_string().contains("line"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_must_be_safe_on_the_address_still_bound() {
+        let c = Config::from_toml_str(
+            "[creatio]\nurl = \"https://x.example\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .expect("config");
+        assert!(c
+            .check_exposure_at("127.0.0.1:5080".parse().expect("addr"))
+            .is_ok());
+        let e = c
+            .check_exposure_at("0.0.0.0:5080".parse().expect("addr"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("server.listen") && e.contains("0.0.0.0:5080"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_renewed_in_place_is_a_different_upstream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+        let load = |pem: &str| {
+            std::fs::copy(format!("{fixtures}/{pem}"), &ca).expect("copy");
+            Config::from_toml_str(&format!(
+                "[creatio]\nurl = \"https://x.example\"\nca_file = \"{}\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+                ca.display()
+            ))
+            .expect("config")
+        };
+        let (first, again, renewed) = (load("ca.pem"), load("ca.pem"), load("server.pem"));
+        assert!(first.same_upstream(&again));
+        assert!(!first.same_upstream(&renewed));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub async fn demo(listen: SocketAddr, once: bool) -> i32 {
         &LogConfig {
             format: LogFormat::Text,
             level: "warn".into(),
+            query: false,
         },
         false,
     );
@@ -205,6 +206,7 @@ pub async fn emulator_only(listen: SocketAddr) -> i32 {
         &LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            query: false,
         },
         false,
     );

@@ -730,7 +730,10 @@ impl Service<Request<Incoming>> for Gateway {
         let decided = admit(&shared, &req);
         let ssp_route = decided.as_ref().is_ok_and(|d| d.ssp);
         let method = req.method().clone();
-        let path: Arc<str> = Arc::from(req.uri().path());
+        let path: Arc<str> = match req.uri().path_and_query() {
+            Some(pq) if shared.config.log.query => Arc::from(pq.as_str()),
+            _ => Arc::from(req.uri().path()),
+        };
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             // HTTP/2 carries the host in the URI (`:authority`).
             req.uri()

@@ -273,7 +273,11 @@ impl Reloader {
                 "admin.listen",
                 old.config.admin_listen != config.admin_listen,
             ),
-            ("[log]", old.config.log != config.log),
+            (
+                "log.format and log.level",
+                old.config.log.format != config.log.format
+                    || old.config.log.level != config.log.level,
+            ),
         ] {
             if changed {
                 tracing::warn!(

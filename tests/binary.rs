@@ -921,3 +921,37 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     assert_eq!(numbers, ["4096", "4096"], "{line}");
     assert_eq!(proxy.terminate().1, Some(0));
 }
+
+/// `[log] query = true` puts the query string into the access line's path; without it (the
+/// default, after a reload here) the path stands alone, as the query may hold data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_line_shows_the_query_only_when_asked() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"{}\"\n\
+         [auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n[log]\nformat = \"json\"\n",
+        emu.url()
+    );
+    let path = write_config(&dir, &format!("{base}query = true\n"));
+    let mut proxy = spawn(&["--config", &path]);
+    let addr = proxy.listen_addr();
+    let c = client();
+    let url = format!("http://{addr}/0/odata/Contact?$top=2&$select=Name");
+    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
+    let line = proxy.wait_for("\"request_id\"");
+    let access: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(
+        access["path"], "/0/odata/Contact?$top=2&$select=Name",
+        "{line}"
+    );
+
+    write_config(&dir, &base);
+    proxy.signal("-HUP");
+    proxy.wait_for("config reloaded");
+    assert_eq!(get(&c, &url).await.status, StatusCode::OK);
+    let line = proxy.wait_for("\"request_id\"");
+    let access: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(access["path"], "/0/odata/Contact", "{line}");
+    assert_eq!(proxy.terminate().1, Some(0));
+}

@@ -131,4 +131,6 @@ pub struct LogFile {
     pub format: Option<String>,
     /// A tracing filter such as `info` or `creatio_proxy=debug`; `RUST_LOG` wins when set.
     pub level: Option<String>,
+    /// Include the query string in the access line's path; default false (it may hold data).
+    pub query: Option<bool>,
 }

@@ -363,6 +363,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// tracing filter directive.
     pub level: String,
+    /// The access line shows the query string too (a reload changes it at once).
+    pub query: bool,
 }
 
 /// Log line format.
@@ -671,6 +673,7 @@ impl Config {
                 }
             },
             level: file.log.level.clone().unwrap_or_else(|| "info".to_string()),
+            query: file.log.query.unwrap_or(false),
         };
 
         Ok(Config {

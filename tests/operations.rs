@@ -356,3 +356,83 @@ async fn allowed_clients_never_lock_loopback_out_of_the_admin_port() {
     assert_eq!(emu.requests("/0/odata/Contact"), 0);
     proxy.stop().await;
 }
+
+/// Reloads while clients keep writing: every request is answered by the old or the new config,
+/// none is dropped or sent twice, and the unchanged identity never logs in again. Broken files
+/// in between are refused without a trace in the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_drop_no_request_and_cost_no_login() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let emu = emulator(EmulatorOptions::default()).await;
+    let v1 = config_toml(&emu, "", ADMIN);
+    let v2 = config_toml(
+        &emu,
+        "replay_buffer = \"64KiB\"",
+        &format!("{ADMIN}[[routes]]\nprefix = \"/0/rest/Other\"\n"),
+    );
+    let configs = [
+        Config::from_toml_str(&v1).expect("v1"),
+        Config::from_toml_str(&v2).expect("v2"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!("{v1}\n[[routes]]\nprefix = \"/x\"\nidentity = \"nobody\"\n"),
+    )
+    .expect("write");
+    let proxy = proxy_from_toml(&v1).await;
+
+    const CLIENTS: usize = 4;
+    const WRITES: usize = 50;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..CLIENTS {
+        let url = proxy.url("/0/odata/Contact");
+        let done = done.clone();
+        writers.push(tokio::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            for i in 0..WRITES {
+                let body = format!("{{\"Name\":\"writer {w} record {i}\"}}");
+                let r = send(
+                    &c,
+                    Method::POST,
+                    &url,
+                    &[("content-type", "application/json")],
+                    Bytes::from(body),
+                )
+                .await;
+                statuses.push(r.status);
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            statuses
+        }));
+    }
+    let mut reloads = 0;
+    while done.load(Ordering::SeqCst) < CLIENTS {
+        proxy
+            .reloader
+            .apply(&configs[reloads % 2])
+            .expect("a valid config applies");
+        assert!(proxy.reloader.reload_file(&broken).is_err());
+        reloads += 1;
+        tokio::task::yield_now().await;
+    }
+    for writer in writers {
+        let statuses = writer.await.expect("writer");
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::CREATED),
+            "{statuses:?}"
+        );
+    }
+    eprintln!("{reloads} reloads during {} writes", CLIENTS * WRITES);
+    assert!(
+        reloads >= 10,
+        "only {reloads} reloads ran during the writes"
+    );
+    assert_eq!(emu.records_created("Contact"), (CLIENTS * WRITES) as u64);
+    assert_eq!(emu.logins("Supervisor"), 1);
+    proxy.stop().await;
+}

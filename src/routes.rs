@@ -103,44 +103,36 @@ pub fn has_dot_segment(path: &str) -> bool {
 ///
 /// `/0/rest/S/M` → `/0/ssp/rest/S/M`; `/rest/S/M` → `/ssp/rest/S/M`; `/0/ssp/x` unchanged.
 pub fn apply_ssp(path: &str) -> Cow<'_, str> {
-    // Byte-wise: request paths may hold raw UTF-8, and slicing a `str` inside a character
-    // would panic.
-    let is_seg = |rest: &str, seg: &str| {
-        let (rest, seg) = (rest.as_bytes(), seg.as_bytes());
-        rest.len() >= seg.len()
-            && rest[..seg.len()].eq_ignore_ascii_case(seg)
-            && rest.get(seg.len()).is_none_or(|b| *b == b'/')
-    };
-    if is_seg(path, "/0") {
+    if starts_with_segment(path, "/0") {
         let rest = &path[2..];
-        if is_seg(rest, "/ssp") {
+        if starts_with_segment(rest, "/ssp") {
             return Cow::Borrowed(path);
         }
         return Cow::Owned(format!("/0/ssp{rest}"));
     }
-    if is_seg(path, "/ssp") {
+    if starts_with_segment(path, "/ssp") {
         return Cow::Borrowed(path);
     }
     Cow::Owned(format!("/ssp{path}"))
 }
 
+/// True when `path` starts with the whole segment `seg` (`/0`, `/ssp`), ignoring ASCII case.
+/// Byte-wise: request paths may hold raw UTF-8, and slicing a `str` inside a character would
+/// panic; a match is ASCII, so slicing right after it is safe.
+fn starts_with_segment(path: &str, seg: &str) -> bool {
+    let (path, seg) = (path.as_bytes(), seg.as_bytes());
+    path.len() >= seg.len()
+        && path[..seg.len()].eq_ignore_ascii_case(seg)
+        && path.get(seg.len()).is_none_or(|b| *b == b'/')
+}
+
 /// The inverse of [`apply_ssp`]: `/0/ssp/x` → `/0/x`, `/ssp/x` → `/x`; other paths unchanged.
 /// For a `Location` on an ssp route, so that following it matches the same route again.
 pub fn remove_ssp(path: &str) -> Cow<'_, str> {
-    let seg_at = |at: usize| {
-        let bytes = path.as_bytes();
-        bytes.len() >= at + 4
-            && bytes[at..at + 4].eq_ignore_ascii_case(b"/ssp")
-            && bytes.get(at + 4).is_none_or(|b| *b == b'/')
-    };
-    let zero = path.len() >= 2
-        && path.as_bytes()[..2].eq_ignore_ascii_case(b"/0")
-        && path.as_bytes().get(2).is_none_or(|b| *b == b'/');
-    // Byte offsets of ASCII matches: slicing there never splits a character.
-    if zero && seg_at(2) {
+    if starts_with_segment(path, "/0") && starts_with_segment(&path[2..], "/ssp") {
         return Cow::Owned(format!("/0{}", &path[6..]));
     }
-    if seg_at(0) {
+    if starts_with_segment(path, "/ssp") {
         let rest = &path[4..];
         return Cow::Owned(if rest.is_empty() {
             "/".to_string()

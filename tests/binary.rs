@@ -108,15 +108,23 @@ impl Running {
     }
 }
 
+/// The binary with `args`, its stderr followed.
 fn spawn(args: &[&str]) -> Running {
-    let child = Command::new(BIN)
-        .args(args)
+    let mut command = Command::new(BIN);
+    command.args(args);
+    spawn_command(command)
+}
+
+/// Starts `command` (the binary, or a wrapper that runs it) without the developer's
+/// `RUST_LOG` or root setting, and follows its stderr.
+fn spawn_command(mut command: Command) -> Running {
+    let child = command
         .env_remove("RUST_LOG")
         .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("binary starts");
+        .expect("the command starts");
     Running::from_child(child)
 }
 
@@ -221,14 +229,7 @@ async fn no_secret_reaches_the_logs_across_a_whole_flow_and_sigterm_exits_zero()
             StatusCode::OK
         );
         emu.invalidate_sessions();
-        let r = send(
-            &c,
-            Method::POST,
-            &url("/0/odata/Contact"),
-            &[("content-type", "application/json")],
-            r#"{"Name":"x"}"#,
-        )
-        .await;
+        let r = post_json(&c, &url("/0/odata/Contact"), r#"{"Name":"x"}"#).await;
         assert_eq!(r.status, StatusCode::CREATED);
         let r = get(&c, &url("/0/rest/UsrPortalService/Get")).await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -594,7 +595,8 @@ fn root_is_refused_when_allow_root_is_false_and_the_same_config_starts_unprivile
     std::fs::create_dir_all(&shared_dir).expect("dir");
     let shared_path = shared_dir.join("config.toml");
     std::fs::write(&shared_path, text).expect("write");
-    let child = Command::new("setpriv")
+    let mut setpriv = Command::new("setpriv");
+    setpriv
         .args([
             "--reuid=65532",
             "--regid=65532",
@@ -602,12 +604,8 @@ fn root_is_refused_when_allow_root_is_false_and_the_same_config_starts_unprivile
             BIN,
             "--config",
         ])
-        .arg(&shared_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv runs");
-    let mut proxy = Running::from_child(child);
+        .arg(&shared_path);
+    let mut proxy = spawn_command(setpriv);
     proxy.listen_addr();
     let (_, code) = proxy.terminate();
     let _ = std::fs::remove_dir_all(&shared_dir);
@@ -823,17 +821,7 @@ async fn sigterm_lets_a_slow_request_finish_turns_readiness_off_and_exits_zero()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_verify_warns() {
     let emu = emulator(options()).await;
-    let front = tls_front(&emu).await;
-    let port: u16 = front
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let egress = EgressProxyFixture::start(
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        Some("corp:Pr0xy-Pa55"),
-    )
-    .await;
+    let (_, egress) = tls_behind_proxy(&emu, "corp:Pr0xy-Pa55").await;
     let dir = tempfile::tempdir().expect("tempdir");
     // A name only the egress proxy can reach (it sends every destination to the TLS front),
     // whose certificate (issued for 127.0.0.1) the proxy cannot check: insecure_skip_verify.
@@ -844,9 +832,9 @@ async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_
              insecure_skip_verify = true\n[auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n"
         ),
     );
-    let child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["--config", &path])
-        .env_remove("RUST_LOG")
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .env_remove("ALL_PROXY")
@@ -854,13 +842,8 @@ async fn https_proxy_from_the_environment_carries_the_traffic_and_insecure_skip_
         .env(
             "HTTPS_PROXY",
             format!("http://corp:Pr0xy-Pa55@{}", egress.addr),
-        )
-        .env_remove("CREATIO_PROXY_SERVER__ALLOW_ROOT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let mut proxy = Running::from_child(child);
+        );
+    let mut proxy = spawn_command(command);
     let warning = proxy.wait_for("insecure_skip_verify");
     assert!(
         warning.contains("WARN") && warning.contains("NOT checked"),
@@ -901,14 +884,9 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         &dir,
         "[server]\nlisten = \"127.0.0.1:0\"\n[creatio]\nurl = \"http://127.0.0.1:9\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
     );
-    let child = Command::new("prlimit")
-        .args(["--nofile=256:4096", BIN, "--config", &path])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prlimit runs");
-    let mut proxy = Running::from_child(child);
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=256:4096", BIN, "--config", &path]);
+    let mut proxy = spawn_command(prlimit);
     let ready = proxy.ready_line();
     assert!(ready.contains("open_files=4096"), "{ready}");
     let limits =

@@ -196,11 +196,7 @@ async fn an_untrusted_certificate_suggests_ca_file_and_ca_file_fixes_it() {
         &format!("url = \"{front}\""),
         &format!("url = \"{front}\"\nca_file = \"{ca}\""),
     );
-    let proxy = proxy_from_toml(&toml).await;
-    let r = get(&client(), &proxy.url("/0/odata/Contact")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(emu.logins("Supervisor"), 1);
-    proxy.stop().await;
+    serves_contacts_after_one_login(&emu, &toml).await;
 }
 
 /// `check` reads the creatio.url mistakes before any login, with the URL that works.

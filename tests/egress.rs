@@ -5,32 +5,29 @@
 
 mod support;
 
+use std::net::SocketAddr;
+
 use creatio_proxy::emulator::{Emulator, EmulatorOptions};
 use http::StatusCode;
 use support::*;
 
 const CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
 
-/// The port of an `https://127.0.0.1:PORT` URL.
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port")
-}
-
 /// The standard config for `emu`, with `creatio` as the `[creatio]` keys (url, ...).
 fn with_creatio(emu: &Emulator, creatio: &str) -> String {
     config_toml(emu, "", "").replace(&format!("url = \"{}\"", emu.url()), creatio)
 }
 
-/// A TLS front for `emu` (its certificate names `localhost`) behind an egress proxy that
-/// wants `credentials`: the front's port and the proxy.
-async fn tls_behind_proxy(emu: &Emulator, credentials: &str) -> (u16, EgressProxyFixture) {
-    let port = port_of(&tls_front(emu).await);
-    let backend = format!("127.0.0.1:{port}").parse().expect("addr");
-    let egress = EgressProxyFixture::start(backend, Some(credentials)).await;
-    (port, egress)
+/// The config for the TLS front on `port` (trusted through the test CA, by the name
+/// `localhost`) reached through the egress proxy at `egress` as `userinfo`. `no_proxy = ""`
+/// keeps a developer's `NO_PROXY` out of the test.
+fn through_proxy(emu: &Emulator, port: u16, userinfo: &str, egress: SocketAddr) -> String {
+    with_creatio(
+        emu,
+        &format!(
+            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nno_proxy = \"\"\nproxy = \"http://{userinfo}@{egress}\""
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,13 +36,7 @@ async fn https_goes_through_one_connect_tunnel_with_the_proxy_credentials() {
     let (port, egress) = tls_behind_proxy(&emu, "corp-user:corp-Pa55").await;
     // `localhost` is a name the test certificate holds; the explicit proxy serves loopback
     // too (only proxies from the environment leave loopback alone).
-    let toml = with_creatio(
-        &emu,
-        &format!(
-            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nno_proxy = \"\"\nproxy = \"http://corp-user:corp-Pa55@{}\"",
-            egress.addr
-        ),
-    );
+    let toml = through_proxy(&emu, port, "corp-user:corp-Pa55", egress.addr);
     let proxy = proxy_from_toml(&toml).await;
     let c = client();
     for _ in 0..3 {
@@ -114,13 +105,7 @@ async fn plain_http_goes_to_the_proxy_in_absolute_form() {
 async fn a_refused_tunnel_is_a_502_that_names_the_proxy_and_hides_its_password() {
     let emu = emulator(EmulatorOptions::default()).await;
     let (port, egress) = tls_behind_proxy(&emu, "corp-user:right").await;
-    let toml = with_creatio(
-        &emu,
-        &format!(
-            "url = \"https://localhost:{port}\"\nca_file = \"{CA}\"\nno_proxy = \"\"\nproxy = \"http://corp-user:Wr0ng-Pr0xy@{}\"",
-            egress.addr
-        ),
-    );
+    let toml = through_proxy(&emu, port, "corp-user:Wr0ng-Pr0xy", egress.addr);
     let proxy = proxy_from_toml(&toml).await;
     let r = get(&client(), &proxy.url("/0/odata/Contact")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
@@ -151,11 +136,7 @@ async fn insecure_skip_verify_accepts_a_certificate_from_an_unknown_ca() {
         &emu,
         &format!("url = \"{front}\"\ninsecure_skip_verify = true"),
     );
-    let proxy = proxy_from_toml(&toml).await;
-    let r = get(&client(), &proxy.url("/0/odata/Contact")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(emu.logins("Supervisor"), 1);
-    proxy.stop().await;
+    serves_contacts_after_one_login(&emu, &toml).await;
 }
 
 #[test]

@@ -173,14 +173,7 @@ async fn sessions_invalidated_mid_load_cost_one_relogin_and_every_post_creates_o
             let (c, url) = (c.clone(), url.clone());
             tokio::spawn(async move {
                 let body = format!(r#"{{"Name":"Contact {i}"}}"#);
-                send(
-                    &c,
-                    Method::POST,
-                    &url,
-                    &[("content-type", "application/json")],
-                    body,
-                )
-                .await
+                post_json(&c, &url, body).await
             })
         })
         .collect();
@@ -315,11 +308,9 @@ async fn portal_route_with_ssp_reaches_the_ssp_path_as_the_portal_user() {
         &PORTAL.replace("SSP", "true"),
     )
     .await;
-    let r = send(
+    let r = post_json(
         &c,
-        Method::POST,
         &proxy.url("/0/rest/UsrPortalService/GetCases"),
-        &[("content-type", "application/json")],
         r#"{"top":3}"#,
     )
     .await;
@@ -354,14 +345,7 @@ async fn a_location_from_an_ssp_route_leads_back_through_that_route() {
         "prefix = \"/0/odata/Case\"",
     );
     let (emu, proxy, c) = setup(EmulatorOptions::default(), "unmatched = \"deny\"", &routes).await;
-    let created = send(
-        &c,
-        Method::POST,
-        &proxy.url("/0/odata/Case"),
-        &[("content-type", "application/json")],
-        r#"{"Subject":"Printer"}"#,
-    )
-    .await;
+    let created = post_json(&c, &proxy.url("/0/odata/Case"), r#"{"Subject":"Printer"}"#).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let id = created.json()["Id"].as_str().expect("id").to_string();
     let location = created.headers["location"].to_str().expect("ascii");
@@ -422,14 +406,7 @@ async fn a_401_and_a_login_page_served_with_200_are_handled_like_a_302() {
     for (i, (style, path)) in cases.into_iter().enumerate() {
         emu.set_expired_response(style);
         emu.invalidate_sessions();
-        let r = send(
-            &c,
-            Method::POST,
-            &proxy.url(path),
-            &[("content-type", "application/json")],
-            "{}",
-        )
-        .await;
+        let r = post_json(&c, &proxy.url(path), "{}").await;
         assert!(
             r.status.is_success(),
             "{style:?} {path}: {} {}",
@@ -644,14 +621,7 @@ async fn an_app_under_a_virtual_directory_works_and_locations_point_at_the_proxy
         1
     );
 
-    let created = send(
-        &c,
-        Method::POST,
-        &proxy.url("/0/odata/Contact"),
-        &[("content-type", "application/json")],
-        r#"{"Name":"Followed"}"#,
-    )
-    .await;
+    let created = post_json(&c, &proxy.url("/0/odata/Contact"), r#"{"Name":"Followed"}"#).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let location = created.headers["location"].to_str().expect("ascii");
     let id = created.json()["Id"].as_str().expect("id").to_string();
@@ -667,11 +637,9 @@ async fn an_app_under_a_virtual_directory_works_and_locations_point_at_the_proxy
 async fn a_client_that_logs_in_itself_is_answered_by_the_proxy() {
     let (emu, proxy, c) = setup(EmulatorOptions::default(), "", "").await;
     for _ in 0..5 {
-        let r = send(
+        let r = post_json(
             &c,
-            Method::POST,
             &proxy.url("/ServiceModel/AuthService.svc/Login"),
-            &[("content-type", "application/json")],
             r#"{"UserName":"x","UserPassword":"y"}"#,
         )
         .await;

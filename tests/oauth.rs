@@ -222,16 +222,7 @@ async fn a_revoked_token_is_replaced_once_and_the_request_replayed_once() {
     let url = proxy.url("/0/odata/Contact");
     let post = |name: &'static str| {
         let (c, url) = (c.clone(), url.clone());
-        async move {
-            send(
-                &c,
-                Method::POST,
-                &url,
-                &[("content-type", "application/json")],
-                format!(r#"{{"Name":"{name}"}}"#),
-            )
-            .await
-        }
+        async move { post_json(&c, &url, format!(r#"{{"Name":"{name}"}}"#)).await }
     };
     assert_eq!(post("first").await.status, StatusCode::CREATED);
     emu.revoke_tokens();

@@ -71,11 +71,9 @@ async fn metrics_count_a_scripted_flow_exactly() {
     // and replays it once.
     emu.invalidate_sessions();
     let body = r#"{"Name":"Metrics Test"}"#;
-    let created = send(
+    let created = post_json(
         &c,
-        Method::POST,
         &proxy.url("/0/odata/Contact"),
-        &[("content-type", "application/json")],
         Bytes::from_static(body.as_bytes()),
     )
     .await;
@@ -396,14 +394,7 @@ async fn reloads_under_load_drop_no_request_and_cost_no_login() {
             let mut statuses = Vec::new();
             for i in 0..WRITES {
                 let body = format!("{{\"Name\":\"writer {w} record {i}\"}}");
-                let r = send(
-                    &c,
-                    Method::POST,
-                    &url,
-                    &[("content-type", "application/json")],
-                    Bytes::from(body),
-                )
-                .await;
+                let r = post_json(&c, &url, Bytes::from(body)).await;
                 statuses.push(r.status);
             }
             done.fetch_add(1, Ordering::SeqCst);

@@ -1432,6 +1432,8 @@ mod tests {
         assert!(err.to_string().contains("line"), "{err}");
     }
 
+    // Unit tests only: an `expect` here fails the test when its own set-up (a temp folder, a
+    // fixture file, a literal config) is broken, never on anything a user sends.
     #[test]
     fn a_reload_must_be_safe_on_the_address_still_bound() {
         let c = Config::from_toml_str(
@@ -1439,10 +1441,10 @@ mod tests {
         )
         .expect("config");
         assert!(c
-            .check_exposure_at("127.0.0.1:5080".parse().expect("addr"))
+            .check_exposure_at(SocketAddr::from(([127, 0, 0, 1], 5080)))
             .is_ok());
         let e = c
-            .check_exposure_at("0.0.0.0:5080".parse().expect("addr"))
+            .check_exposure_at(SocketAddr::from(([0, 0, 0, 0], 5080)))
             .expect_err("refused")
             .to_string();
         assert!(

@@ -172,6 +172,28 @@ pub async fn send(
     }
 }
 
+/// A proxy from `toml` answers `GET /0/odata/Contact` with 200 after exactly one login of
+/// Supervisor on `emu`.
+pub async fn serves_contacts_after_one_login(emu: &Emulator, toml: &str) {
+    let proxy = proxy_from_toml(toml).await;
+    let r = get(&client(), &proxy.url("/0/odata/Contact")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(emu.logins("Supervisor"), 1);
+    proxy.stop().await;
+}
+
+/// `POST url` with a JSON body.
+pub async fn post_json(client: &TestClient, url: &str, body: impl Into<Bytes>) -> Reply {
+    send(
+        client,
+        Method::POST,
+        url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
 pub async fn get(client: &TestClient, url: &str) -> Reply {
     send(client, Method::GET, url, &[], Bytes::new()).await
 }
@@ -224,6 +246,23 @@ pub async fn tls_front(emu: &Emulator) -> String {
         }
     });
     format!("https://127.0.0.1:{}", addr.port())
+}
+
+/// The port of an `https://127.0.0.1:PORT` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+/// A TLS front for `emu` (its certificate names `localhost` and 127.0.0.1) behind an egress
+/// proxy that wants `credentials` (`user:password`): the front's port and the proxy.
+pub async fn tls_behind_proxy(emu: &Emulator, credentials: &str) -> (u16, EgressProxyFixture) {
+    let port = port_of(&tls_front(emu).await);
+    let backend = SocketAddr::from(([127, 0, 0, 1], port));
+    let egress = EgressProxyFixture::start(backend, Some(credentials)).await;
+    (port, egress)
 }
 
 /// What the egress proxy fixture saw on one client connection.

@@ -4,16 +4,23 @@
 //! a small buffered body, nothing) cost no allocation. `Prefixed` re-attaches bytes that were
 //! read ahead (to fill the replay buffer, or to look for Creatio's login page in an HTML answer)
 //! to the rest of the stream, so nothing is ever copied twice or lost.
+//!
+//! [`PeerBody`] is a body streamed from a peer: a client's request body, or Creatio's answer,
+//! which hands its connection back to the pool when read to the end. The pool is reached
+//! through the [`GiveBack`] trait, so this module does not depend on the pool (the pool sends
+//! `ProxyBody`s, and a `ProxyBody` may hold a `PeerBody`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-
-use crate::pool::PeerBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use prometheus_client::metrics::counter::Counter;
 
 /// A request or response body.
 #[derive(Debug)]
@@ -84,6 +91,118 @@ impl Body for ProxyBody {
                 hint
             }
         }
+    }
+}
+
+/// Where a connection goes once the answer it carried has been read to the end.
+pub(crate) trait GiveBack: Send + Sync {
+    /// Takes the connection back (or closes it).
+    fn give_back(&self, sender: SendRequest<ProxyBody>);
+}
+
+/// A connection to hand back, and where to.
+pub(crate) struct Release {
+    pool: Arc<dyn GiveBack>,
+    sender: SendRequest<ProxyBody>,
+}
+
+impl Release {
+    /// Hands `sender` to `pool` when the body it carries ends.
+    pub(crate) fn new(pool: Arc<dyn GiveBack>, sender: SendRequest<ProxyBody>) -> Self {
+        Release { pool, sender }
+    }
+
+    fn done(self) {
+        self.pool.give_back(self.sender);
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Release")
+    }
+}
+
+/// A body streamed from a peer: Creatio's answer (which returns its connection to the pool
+/// when read to the end) or a client's request body.
+#[derive(Debug)]
+pub struct PeerBody {
+    inner: Incoming,
+    release: Option<Release>,
+    /// Counts the data bytes that pass (the metrics' body byte counters).
+    counter: Option<Counter>,
+}
+
+impl PeerBody {
+    /// A body that returns no connection anywhere.
+    pub(crate) fn new(inner: Incoming) -> Self {
+        PeerBody {
+            inner,
+            release: None,
+            counter: None,
+        }
+    }
+
+    /// A body that hands its connection back through `release` when it ends.
+    pub(crate) fn releasing(inner: Incoming, release: Release) -> Self {
+        PeerBody {
+            inner,
+            release: Some(release),
+            counter: None,
+        }
+    }
+
+    /// The same body, adding the size of every data frame to `counter`.
+    pub(crate) fn counted(mut self, counter: &Counter) -> Self {
+        self.counter = Some(counter.clone());
+        self
+    }
+}
+
+impl From<Incoming> for PeerBody {
+    fn from(inner: Incoming) -> Self {
+        PeerBody::new(inner)
+    }
+}
+
+impl Body for PeerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = this.release.take() {
+                    r.done();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.release = None,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some(r) = this.release.take() {
+                    r.done();
+                }
+            }
+            _ => {}
+        }
+        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counter, &polled) {
+            if let Some(data) = frame.data_ref() {
+                counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -4,7 +4,7 @@
 //! and returns non-zero when any identity fails.
 
 use crate::config::Config;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::upstream::build_upstream;
 
 /// Runs the check; returns the exit code.
@@ -29,8 +29,8 @@ pub async fn check(config: &Config) -> i32 {
     );
     let shared = Shared::new(config, client);
     let mut failed = 0;
-    for identity in &shared.identities {
-        match identity.renew(shared.login_context(), None).await {
+    for identity in shared.identities.iter() {
+        match identity.renew(&shared.login, None).await {
             Ok(session) => match session.expires_in() {
                 None => println!(
                     "OK    {} ({}): logged in",

@@ -97,7 +97,7 @@ pub fn main() -> i32 {
             // First of all: SIGHUP's default action would end the process.
             let hup = {
                 let _context = runtime.enter();
-                crate::server::catch_sighup()
+                crate::reload::catch_sighup()
             };
             let Some(config) = load(cli.config.as_deref()) else {
                 return EXIT_USAGE;
@@ -316,7 +316,7 @@ async fn run(config: Config, path: PathBuf, hup: Option<tokio::signal::unix::Sig
     );
     server.set_config_path(path.clone());
     if let Some(hup) = hup {
-        tokio::spawn(crate::server::reload_on_sighup(
+        tokio::spawn(crate::reload::reload_on_sighup(
             server.reloader(),
             path,
             hup,

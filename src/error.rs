@@ -5,21 +5,28 @@
 //! failure is: the client's request → 4xx, Creatio or the way to it → 502/504, a session that
 //! expired under a body too large to replay → 503 (safe to retry). The mapping is an exhaustive
 //! `match`: a new variant cannot silently become a 500. Messages never hold a secret.
+//!
+//! Errors keep their cause as a `source()` (a hyper or pool error, a path refusal) up to the
+//! response boundary (the stack's error layer): the JSON message is the top error's sentence,
+//! and the log line carries the whole chain ([`chain`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use crate::auth::LoginFailure;
 use crate::body::ProxyBody;
+use crate::canonical::PathError;
+use crate::diagnosis::LoginFailure;
+use crate::pool::UpstreamError;
 
 /// A failure the proxy answers itself.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
-    /// The path has a dot segment or a backslash.
-    #[error("the path contains a '.' or '..' segment (or a backslash); send the path without it")]
-    DotSegment,
+    /// The path has no canonical form (see [`crate::canonical`]).
+    #[error("{0}")]
+    Path(#[source] PathError),
     /// `unmatched = "deny"` and no route matches.
     #[error("no route serves this path (server.unmatched = \"deny\")")]
     NoRoute,
@@ -32,8 +39,11 @@ pub enum ProxyError {
     #[error("the request target is not a valid path")]
     BadRequestTarget,
     /// Reading the client's body failed.
-    #[error("reading the request body failed: {0}")]
-    ClientBody(String),
+    #[error("reading the request body failed")]
+    ClientBody(#[source] Arc<hyper::Error>),
+    /// The client announced a body and stopped sending it.
+    #[error("reading the request body failed: the body did not arrive within {0:?}")]
+    ClientBodyTimeout(Duration),
     /// Logging in to Creatio or getting a token failed (now, or recently and the back-off
     /// is running).
     #[error("{failure}")]
@@ -50,9 +60,18 @@ pub enum ProxyError {
     Unreachable {
         /// host:port.
         target: String,
-        /// The connection error, without secrets.
+        /// What went wrong and what to check, without secrets.
         cause: String,
+        /// The pool's error.
+        #[source]
+        source: Arc<UpstreamError>,
     },
+    /// Creatio's answer broke off while the proxy read its start.
+    #[error("could not reach Creatio: its answer broke off")]
+    AnswerBroken(#[source] Arc<hyper::Error>),
+    /// A bug: a layer of the stack found what another should have put there.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// Creatio did not answer within `server.upstream_timeout`.
     #[error("Creatio did not answer within {0:?}")]
     UpstreamTimeout(Duration),
@@ -91,28 +110,33 @@ impl ProxyError {
     /// Status code of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::DotSegment | ProxyError::BadRequestTarget | ProxyError::ClientBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::Path(_)
+            | ProxyError::BadRequestTarget
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyTimeout(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::LoginFailed { .. }
             | ProxyError::Unreachable { .. }
+            | ProxyError::AnswerBroken(_)
             | ProxyError::ExpiredAgain { .. }
             | ProxyError::ReloginPaused { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ExpiredDuringUpload => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::DotSegment => "dot_segment_in_path",
+            ProxyError::Path(e) => e.code(),
             ProxyError::NoRoute => "no_route",
             ProxyError::Unauthorized => "client_unauthorized",
             ProxyError::BadRequestTarget => "bad_request_target",
-            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout(_) => "client_body_error",
+            ProxyError::AnswerBroken(_) => "creatio_unreachable",
+            ProxyError::Internal(_) => "internal_error",
             ProxyError::LoginFailed { failure, .. } => failure.error_code(),
             ProxyError::Unreachable { .. } => "creatio_unreachable",
             ProxyError::UpstreamTimeout(_) => "creatio_timeout",
@@ -122,16 +146,15 @@ impl ProxyError {
         }
     }
 
-    /// The JSON answer.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
-        let rid = request_id.to_str().unwrap_or("");
+    /// The JSON answer, for a request with id `rid`.
+    pub fn to_response(&self, rid: &str) -> Response<ProxyBody> {
         let mut body = json!({
             "error": self.code(),
             "message": self.to_string(),
             "request_id": rid,
         });
         let mut retry_after = None;
-        match &self {
+        match self {
             ProxyError::LoginFailed {
                 identity,
                 failure,
@@ -156,7 +179,16 @@ impl ProxyError {
                 retry_after = Some(secs);
             }
             ProxyError::ExpiredDuringUpload => retry_after = Some(0),
-            _ => {}
+            ProxyError::Path(_)
+            | ProxyError::NoRoute
+            | ProxyError::Unauthorized
+            | ProxyError::BadRequestTarget
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyTimeout(_)
+            | ProxyError::Unreachable { .. }
+            | ProxyError::AnswerBroken(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::Internal(_) => {}
         }
         let mut resp = Response::new(ProxyBody::full(body.to_string()));
         *resp.status_mut() = self.status();
@@ -172,5 +204,45 @@ impl ProxyError {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+/// The error and its sources, joined with `: `, for log lines.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        // Some errors repeat their source's text in their own; say it once.
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_chain_reaches_the_log_line_but_not_the_answer() {
+        let e = ProxyError::Path(PathError::EncodedSlash);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "ambiguous_path");
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "inner cause");
+        let outer = UpstreamError::Exchange(io.to_string());
+        let e = ProxyError::Unreachable {
+            target: "crm:443".into(),
+            cause: "the connection was reset".into(),
+            source: Arc::new(outer),
+        };
+        assert_eq!(e.to_string(), "could not reach Creatio: the connection was reset");
+        assert_eq!(
+            chain(&e),
+            "could not reach Creatio: the connection was reset: inner cause"
+        );
     }
 }

@@ -1,30 +1,44 @@
 //! creatio-proxy: a local sidecar that logs in to Creatio once per identity and forwards plain,
 //! unauthenticated HTTP with the session attached.
 //!
-//! Architecture (one request, outside in):
-//! 1. [`server`] accepts HTTP/1.1 and h2c on `[server] listen` (hyper-util auto builder).
-//! 2. [`proxy::Gateway`] assigns the request id, checks inbound access, refuses dot-segment
-//!    paths, picks the route ([`routes`]) and turns failures into JSON ([`error`]).
-//! 3. [`proxy::Auth`] (a tower layer) rewrites the path (`/ssp`), strips the client's
-//!    credentials and hop-by-hop headers, attaches the identity's Cookie line and BPMCSRF
-//!    header ([`auth`]), and on an expired session logs in again once and replays the request.
-//! 4. The pooled hyper-util client ([`upstream`]) talks to Creatio over rustls.
+//! Architecture (see ARCHITECTURE.md for the whole picture):
+//! - [`server`] accepts HTTP/1.1 and h2c on `[server] listen` and hands each request to the
+//!   stack of the config that is live (`state`); `admin` serves `/healthz`, `/readyz`,
+//!   `/metrics` and `/reload` on its own port; `reload` applies new configs.
+//! - `stack` is the request path, one tower layer per concern, in request order: request id →
+//!   access log and metrics → errors to JSON → sensitive headers → admission (client tokens)
+//!   → canonical path and route (`canonical`, `routes`) → a client's own login answered
+//!   locally → Location rewrite → portal hint → expiry, re-login and replay → the identity's
+//!   session (`auth`) → forward → the connection pool (`pool`, `upstream`, `egress`).
+//! - `config` reads and validates the TOML file; `diagnosis` and `error` say what went wrong;
+//!   `metrics` and `telemetry` are what operators see.
+//! - [`emulator`] is a fake Creatio for `creatio-proxy demo` and the tests; it imports nothing
+//!   from the proxy. It is not Creatio.
 //!
-//! [`emulator`] is a fake Creatio used by `creatio-proxy demo` and the tests; it is not Creatio.
+//! The library exposes what the binary ([`cli`]) and the integration tests use: the config,
+//! the server and the emulator. Everything else is private to the crate.
 
-pub mod auth;
-pub mod body;
-pub mod check;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod egress;
 pub mod emulator;
-pub mod error;
-pub mod metrics;
-pub mod pool;
-pub mod proxy;
-pub mod routes;
 pub mod server;
-pub mod telemetry;
-pub mod upstream;
+
+mod admin;
+mod auth;
+mod body;
+mod canonical;
+mod check;
+mod demo;
+mod diagnosis;
+mod egress;
+mod error;
+mod metrics;
+mod pool;
+mod reload;
+mod routes;
+mod stack;
+mod state;
+mod telemetry;
+mod upstream;
+
+

@@ -30,13 +30,13 @@ use tokio::time::Instant;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use tower::{Service, ServiceExt};
 
-use crate::body::ProxyBody;
+use crate::body::{GiveBack, PeerBody, ProxyBody, Release};
 use crate::egress::{Connector, EgressError, EgressRules, Route};
 
 /// Idle connections kept at most.
@@ -161,6 +161,26 @@ struct Pool {
     idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
 }
 
+impl GiveBack for Pool {
+    fn give_back(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            // Close the connections that have been idle too long (the oldest are at the front).
+            while idle
+                .front()
+                .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= IDLE_LIMIT)
+            {
+                idle.pop_front();
+            }
+            if idle.len() < MAX_IDLE {
+                idle.push_back((sender, Instant::now()));
+            }
+        }
+    }
+}
+
 /// A handle on the pool; cheap to clone. Implements `tower::Service`.
 #[derive(Clone)]
 pub struct Upstream {
@@ -272,21 +292,7 @@ impl Upstream {
     }
 
     fn give_back(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.pool.idle.lock() {
-            // Close the connections that have been idle too long (the oldest are at the front).
-            while idle
-                .front()
-                .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= IDLE_LIMIT)
-            {
-                idle.pop_front();
-            }
-            if idle.len() < MAX_IDLE {
-                idle.push_back((sender, Instant::now()));
-            }
-        }
+        self.pool.give_back(sender);
     }
 
     fn wrap(
@@ -303,14 +309,7 @@ impl Upstream {
                 self.give_back(sender);
                 PeerBody::new(body)
             } else {
-                PeerBody {
-                    inner: body,
-                    release: Some(Release {
-                        upstream: self.clone(),
-                        sender,
-                    }),
-                    counter: None,
-                }
+                PeerBody::releasing(body, Release::new(self.pool.clone(), sender))
             }
         })
     }
@@ -350,92 +349,6 @@ impl Service<Request<ProxyBody>> for Upstream {
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
         let upstream = self.clone();
         Box::pin(async move { upstream.request(req).await })
-    }
-}
-
-/// Hands a connection back to the pool.
-struct Release {
-    upstream: Upstream,
-    sender: SendRequest<ProxyBody>,
-}
-
-/// A body streamed from a peer: Creatio's answer (which returns its connection to the pool
-/// when read to the end) or a client's request body.
-#[derive(Debug)]
-pub struct PeerBody {
-    inner: Incoming,
-    release: Option<Release>,
-    /// Counts the data bytes that pass (the metrics' body byte counters).
-    counter: Option<prometheus_client::metrics::counter::Counter>,
-}
-
-impl std::fmt::Debug for Release {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Release")
-    }
-}
-
-impl PeerBody {
-    /// A body that returns no connection anywhere.
-    pub fn new(inner: Incoming) -> Self {
-        PeerBody {
-            inner,
-            release: None,
-            counter: None,
-        }
-    }
-
-    /// The same body, adding the size of every data frame to `counter`.
-    pub fn counted(mut self, counter: &prometheus_client::metrics::counter::Counter) -> Self {
-        self.counter = Some(counter.clone());
-        self
-    }
-}
-
-impl From<Incoming> for PeerBody {
-    fn from(inner: Incoming) -> Self {
-        PeerBody::new(inner)
-    }
-}
-
-impl Body for PeerBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(r) = this.release.take() {
-                    r.upstream.give_back(r.sender);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.release = None,
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(r) = this.release.take() {
-                    r.upstream.give_back(r.sender);
-                }
-            }
-            _ => {}
-        }
-        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counter, &polled) {
-            if let Some(data) = frame.data_ref() {
-                counter.inc_by(data.len() as u64);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -1,18 +1,20 @@
 //! Which identity serves a path, and how the path is rewritten for Creatio.
 //!
 //! Rules:
-//! 1. Paths with a `.` or `..` segment, literal or percent-encoded (`%2e`, `%2E%2e`, …), or
-//!    with a backslash that IIS would read as `/`, are refused: normalising them could move a
-//!    request into another route's prefix (another identity) or out of the application.
+//! 1. Routes decide on the canonical path only ([`CanonicalPath`]): percent-escapes decoded,
+//!    slashes collapsed, ambiguous spellings (dot segments, encoded `/`, `;`, ...) already
+//!    refused. Route prefixes are canonical too (the config is checked at load).
 //! 2. The longest `[[routes]]` prefix wins. Prefixes match whole segments (`/0/rest/A` matches
 //!    `/0/rest/A`, `/0/rest/A/M` and the OData key form `/0/rest/A(1)`, not `/0/rest/AB`) and
-//!    ASCII case-insensitively, because
-//!    IIS serves `/0/REST/A` as `/0/rest/A`: a case variant must not escape its route.
+//!    ASCII case-insensitively, because IIS serves `/0/REST/A` as `/0/rest/A`: a case variant
+//!    must not escape its route. No two prefixes are equal ignoring case (refused at load),
+//!    so a path matches at most one longest prefix.
 //! 3. Unmatched paths go to the default identity (or are refused when `unmatched = "deny"`).
-//! 4. `ssp = true` applies the contract's /ssp rule ([`apply_ssp`]).
+//! 4. `ssp = true` applies the contract's /ssp rule ([`apply_ssp`]) to the canonical path.
 
 use std::borrow::Cow;
 
+use crate::canonical::CanonicalPath;
 use crate::config::{Config, RouteConfig, Unmatched};
 
 /// What the route table decided for one request.
@@ -47,10 +49,10 @@ impl RouteTable {
         RouteTable { routes, default }
     }
 
-    /// The decision for `path` (no query), or `None` when nothing serves it.
-    pub fn decide(&self, path: &str) -> Option<RouteDecision> {
+    /// The decision for `path`, or `None` when nothing serves it.
+    pub(crate) fn decide(&self, path: &CanonicalPath) -> Option<RouteDecision> {
         for (index, route) in &self.routes {
-            if prefix_matches(&route.prefix, path) {
+            if path.starts_with_segments(&route.prefix) {
                 return Some(RouteDecision {
                     identity: route.identity,
                     ssp: route.ssp,
@@ -64,38 +66,6 @@ impl RouteTable {
             route: None,
         })
     }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    let (p, rest) = match (path.get(..prefix.len()), path.get(prefix.len()..)) {
-        (Some(p), Some(rest)) => (p, rest),
-        _ => return false,
-    };
-    // `(` (raw or percent-encoded) opens an OData key or function on the last segment:
-    // `/0/odata/Case` serves `/0/odata/Case(<id>)` too, or a record's own URL (a `Location`)
-    // would leave the route, and its identity, for the default one.
-    let boundary = rest.is_empty()
-        || rest.starts_with(['/', '('])
-        || rest.get(..3).is_some_and(|r| r.eq_ignore_ascii_case("%28"));
-    p.eq_ignore_ascii_case(prefix) && boundary
-}
-
-/// True when any segment of `path` is `.` or `..` after percent-decoding, or the path holds a
-/// backslash (literal or `%5c`), which IIS treats as a separator.
-pub fn has_dot_segment(path: &str) -> bool {
-    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
-        return false;
-    }
-    let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
-    if decoded.contains(&b'\\') {
-        return true;
-    }
-    decoded
-        .split(|b| *b == b'/')
-        .any(|seg| seg == b"." || seg == b"..")
 }
 
 /// The contract's /ssp rule: insert `ssp` after a leading `/0` segment, else at the start;
@@ -124,6 +94,11 @@ fn starts_with_segment(path: &str, seg: &str) -> bool {
     path.len() >= seg.len()
         && path[..seg.len()].eq_ignore_ascii_case(seg)
         && path.get(seg.len()).is_none_or(|b| *b == b'/')
+}
+
+/// True when `path` already carries the `/ssp` segment where the /ssp rule puts it.
+pub(crate) fn has_ssp(path: &str) -> bool {
+    matches!(apply_ssp(path), Cow::Borrowed(_))
 }
 
 /// The inverse of [`apply_ssp`]: `/0/ssp/x` → `/0/x`, `/ssp/x` → `/x`; other paths unchanged.
@@ -184,31 +159,6 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_found_in_every_spelling() {
-        for p in [
-            "/0/../x",
-            "/./x",
-            "/0/%2e%2e/x",
-            "/0/%2E./x",
-            "/0/.%2E",
-            "/a/%2e/b",
-            "/a\\..\\b",
-            "/a/%5c../b",
-        ] {
-            assert!(has_dot_segment(p), "{p}");
-        }
-        for p in [
-            "/0/odata/Contact",
-            "/a/..b/c",
-            "/a/.well-known/x",
-            "/a/b.",
-            "/",
-        ] {
-            assert!(!has_dot_segment(p), "{p}");
-        }
-    }
-
-    #[test]
     fn longest_prefix_wins_by_whole_segments_and_ignores_case() {
         let table = RouteTable {
             routes: {
@@ -235,7 +185,10 @@ mod tests {
             },
             default: Some(0),
         };
-        let d = |p: &str| table.decide(p).map(|d| (d.identity, d.ssp));
+        let d = |p: &str| {
+            let p = CanonicalPath::parse(p).expect("canonical");
+            table.decide(&p).map(|d| (d.identity, d.ssp))
+        };
         assert_eq!(d("/0/rest/UsrPortalService/Get"), Some((2, true)));
         assert_eq!(d("/0/REST/usrportalservice/Get"), Some((2, true)));
         assert_eq!(d("/0/rest/UsrPortalService"), Some((2, true)));
@@ -243,7 +196,9 @@ mod tests {
         // An OData key ends the segment, raw or percent-encoded.
         assert_eq!(d("/0/rest/UsrPortalService(1)"), Some((2, true)));
         assert_eq!(d("/0/rest/UsrPortalService%28'a'%29"), Some((2, true)));
-        assert_eq!(d("/0/rest/UsrPortalService%2"), Some((1, false)));
+        // Percent-escapes are decoded before matching: no spelling escapes the route.
+        assert_eq!(d("/0/rest/UsrPortal%53ervice/GetCases"), Some((2, true)));
+        assert_eq!(d("/0/rest//UsrPortalService/GetCases"), Some((2, true)));
         assert_eq!(d("/0/odata/Contact"), Some((0, false)));
         let deny = RouteTable {
             routes: table.routes.clone(),

@@ -15,6 +15,9 @@ use http::HeaderValue;
 /// The name of Creatio's CSRF cookie and header.
 pub const BPMCSRF: &str = "BPMCSRF";
 
+/// The cookie in which Creatio names the logged-in user.
+pub const USER_NAME: &str = "UserName";
+
 /// A set of cookies for one session.
 #[derive(Default, Clone)]
 pub struct Jar {
@@ -77,6 +80,23 @@ impl Jar {
             .iter()
             .find(|c| c.name() == name)
             .map(|c| c.value())
+    }
+
+    /// True when one of `set_cookies` would give the `UserName` cookie another (non-empty)
+    /// value than the one this jar holds: the answer comes from a login as another user, and
+    /// must not change the session (see [`crate::stack::session`]). A jar without `UserName`
+    /// (an OAuth 2.0 identity, or a Creatio that does not set it) compares as empty, so any
+    /// `UserName` then counts as a change.
+    pub fn changes_user<'a>(&self, set_cookies: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+        let current = self.get(USER_NAME).unwrap_or("");
+        set_cookies.into_iter().any(|value| {
+            let Some(cookie) = value.to_str().ok().and_then(|t| Cookie::parse(t).ok()) else {
+                return false;
+            };
+            cookie.name().eq_ignore_ascii_case(USER_NAME)
+                && !cookie.value().is_empty()
+                && cookie.value() != current
+        })
     }
 
     /// Number of cookies.
@@ -157,6 +177,25 @@ mod tests {
             !jar.apply(&hv("garbage")),
             "unparsable Set-Cookie is ignored"
         );
+    }
+
+    #[test]
+    fn a_user_name_cookie_for_another_user_is_a_change_of_user() {
+        let mut jar = Jar::default();
+        jar.apply(&hv("UserName=83|117; path=/"));
+        let cases: &[(&[&str], bool)] = &[
+            (&[".ASPXAUTH=renewed; path=/"], false),
+            (&["UserName=83|117; path=/"], false),
+            (&["UserName=; expires=Mon, 11-Oct-1999 00:00:00 GMT; path=/"], false),
+            (&[".ASPXAUTH=x; path=/", "UserName=80|111; path=/"], true),
+            (&["username=80|111; path=/"], true),
+            (&["garbage"], false),
+        ];
+        for (lines, want) in cases {
+            let values: Vec<HeaderValue> = lines.iter().map(|l| hv(l)).collect();
+            assert_eq!(jar.changes_user(&values), *want, "{lines:?}");
+        }
+        assert!(Jar::default().changes_user(&[hv("UserName=1; path=/")]));
     }
 
     #[test]

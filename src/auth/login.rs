@@ -13,7 +13,7 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use super::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
+use crate::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::is_login_location;
 use super::{Jar, LoginContext};
 use crate::body::ProxyBody;
@@ -251,7 +251,7 @@ fn other_origin(location: &str, creatio: &CreatioUrl) -> Option<String> {
     (!same).then(|| format!("{scheme}://{authority}"))
 }
 
-async fn read_limited(mut body: crate::pool::PeerBody) -> Result<Vec<u8>, hyper::Error> {
+async fn read_limited(mut body: crate::body::PeerBody) -> Result<Vec<u8>, hyper::Error> {
     let mut chunks: VecDeque<bytes::Bytes> = VecDeque::new();
     let mut total = 0;
     while let Some(frame) = body.frame().await {

@@ -21,7 +21,7 @@
 //! starts one renewal in the background and goes on with the current token, and once the
 //! token is near its expiry it is never sent again (requests then wait for the new one).
 
-pub mod diagnosis;
+
 pub mod expiry;
 pub mod jar;
 mod login;
@@ -40,7 +40,7 @@ use crate::error::ProxyError;
 use crate::metrics::IdentityMetrics;
 use crate::pool::Upstream;
 
-pub use diagnosis::{Diagnosis, LoginFailure, Server};
+pub use crate::diagnosis::{Diagnosis, LoginFailure, Server};
 pub use jar::Jar;
 
 /// One logged-in session (forms) or token (oauth2), as requests see it.
@@ -117,6 +117,15 @@ pub struct LoginContext {
     pub backoff: Duration,
     /// Longest back-off.
     pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for LoginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginContext")
+            .field("creatio", &self.creatio.display)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoginContext {
@@ -624,23 +633,29 @@ impl Identity {
 
     /// Merges the `Set-Cookie` lines of an answer to a request sent with session
     /// `generation`. Ignored when the session has been replaced since, and for oauth2
-    /// identities, whose requests never carry cookies.
-    pub fn absorb(&self, generation: u64, headers: &HeaderMap) {
+    /// identities, whose requests never carry cookies. Refused whole when the lines would make
+    /// the session another user's ([`Jar::changes_user`]). The session layer decides which
+    /// answers get here at all ([`crate::stack::session`]).
+    pub fn absorb(&self, generation: u64, headers: &HeaderMap) -> Absorbed {
         if self.is_oauth2() {
-            return;
+            return Absorbed::Unchanged;
         }
         let Ok(mut state) = self.jar.lock() else {
-            return;
+            return Absorbed::Unchanged;
         };
         if state.generation != generation {
-            return;
+            return Absorbed::Unchanged;
+        }
+        let lines = headers.get_all(http::header::SET_COOKIE);
+        if state.jar.changes_user(lines.iter()) {
+            return Absorbed::RefusedOtherUser;
         }
         let mut changed = false;
-        for value in headers.get_all(http::header::SET_COOKIE) {
+        for value in lines {
             changed |= state.jar.apply(value);
         }
         if !changed {
-            return;
+            return Absorbed::Unchanged;
         }
         let obtained = self
             .current
@@ -656,7 +671,19 @@ impl Identity {
             refresh_at: None,
             expires_at: None,
         })));
+        Absorbed::Changed
     }
+}
+
+/// What [`Identity::absorb`] did with an answer's cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorbed {
+    /// Nothing changed (same values, a stale generation, or an oauth2 identity).
+    Unchanged,
+    /// The jar took the new values.
+    Changed,
+    /// The cookies would have made the session another user's: nothing was taken.
+    RefusedOtherUser,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use http::{header, HeaderValue, Method, Request, Uri};
 use serde::Deserialize;
 
-use super::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
+use crate::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::{is_html, is_login_location, is_login_page};
 use super::login::{exchange, location_of, looks_html};
 use crate::body::ProxyBody;

@@ -23,6 +23,17 @@ use http::Uri;
 pub use file::{ConfigFile, IdentityFile, RouteFile};
 pub use secret::Secret;
 
+/// The error for a route prefix that has no canonical form.
+fn prefix_error(key: &str, prefix: &str, e: crate::canonical::PathError) -> ConfigError {
+    let message = match e {
+        crate::canonical::PathError::DotSegment => {
+            format!("\"{prefix}\" contains a '.' or '..' segment")
+        }
+        other => format!("\"{prefix}\" is not a usable path prefix: {other}"),
+    };
+    ConfigError::new(format!("{key}.prefix"), message)
+}
+
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "CREATIO_PROXY_";
 
@@ -617,18 +628,16 @@ impl Config {
                     ),
                 ));
             }
-            if crate::routes::has_dot_segment(prefix) {
-                return Err(ConfigError::new(
-                    format!("{key}.prefix"),
-                    format!("\"{prefix}\" contains a '.' or '..' segment"),
-                ));
-            }
+            let canonical = crate::canonical::CanonicalPath::parse(prefix)
+                .map_err(|e| prefix_error(&key, prefix, e))?;
+            // Routes match on canonical paths, so the prefix is kept in canonical form
+            // (`%53` decoded, `//` collapsed), without a trailing slash.
+            let prefix = canonical.as_str();
             let prefix = if prefix.len() > 1 {
                 prefix.trim_end_matches('/')
             } else {
                 prefix
             };
-            let prefix = if prefix.is_empty() { "/" } else { prefix };
             if routes.iter().any(|o| o.prefix.eq_ignore_ascii_case(prefix)) {
                 return Err(ConfigError::new(
                     format!("{key}.prefix"),
@@ -1101,8 +1110,12 @@ fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigError> {
             &base_path[..at]
         )));
     }
-    if crate::routes::has_dot_segment(&base_path) {
-        return Err(url.bad("contains a '.' or '..' segment"));
+    match crate::canonical::CanonicalPath::parse(if base_path.is_empty() { "/" } else { &base_path }) {
+        Err(crate::canonical::PathError::DotSegment) => {
+            return Err(url.bad("contains a '.' or '..' segment"))
+        }
+        Err(e) => return Err(url.bad(&format!("has a path with no single meaning: {e}"))),
+        Ok(_) => {}
     }
     Ok(CreatioUrl {
         scheme: scheme.clone(),

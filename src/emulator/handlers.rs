@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use super::state::{Auth, LoginOutcome, NewSession, Shared};
 use super::wire::{
-    aspnet_url_encode, http_date, parse_resource, segments, strip_base, strip_segment,
+    aspnet_url_encode, cooked_path, CookedPathError, http_date, parse_resource, segments, strip_base, strip_segment,
     strip_suffix_ci,
 };
 use super::{fnv1a64, pages, ExpiredResponse, Flavour, SeenRequest, Upload, FNV_OFFSET};
@@ -49,11 +49,38 @@ pub(super) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = request.into_parts();
-    shared.count_request(parts.uri.path());
-    let mut user = None;
-    let response = dispatch(&shared, &parts, body, &mut user).await;
+    let (mut parts, body) = request.into_parts();
+    let raw_path = parts.uri.path().to_owned();
+    // IIS decodes the path before anything routes it; the emulator does the same, so a test
+    // can see a spelling that escapes the proxy's routing.
+    let response = match cooked_path(&raw_path) {
+        Ok(cooked) => {
+            if cooked != raw_path {
+                let target = match parts.uri.query() {
+                    Some(q) => format!("{cooked}?{q}"),
+                    None => cooked,
+                };
+                if let Ok(uri) = target.parse() {
+                    parts.uri = uri;
+                }
+            }
+            shared.count_request(parts.uri.path());
+            let mut user = None;
+            let response = dispatch(&shared, &parts, body, &mut user).await;
+            (response, user)
+        }
+        Err(e) => {
+            drain(body).await;
+            let status = match e {
+                CookedPathError::BadEscape => StatusCode::BAD_REQUEST,
+                CookedPathError::DoubleEscape => StatusCode::NOT_FOUND,
+            };
+            (html_response(status, pages::not_found()), None)
+        }
+    };
+    let (response, user) = response;
     shared.record_seen(SeenRequest {
+        raw_path,
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         method: parts.method,

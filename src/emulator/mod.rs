@@ -225,8 +225,11 @@ impl Default for EmulatorOptions {
 pub struct SeenRequest {
     /// Request method.
     pub method: http::Method,
-    /// Path as received, base path included, without the query.
+    /// Path as the application saw it, base path included, without the query: decoded as
+    /// IIS decodes it (see `wire::cooked_path`).
     pub path: String,
+    /// Path as received on the wire.
+    pub raw_path: String,
     /// Raw query string, if any.
     pub query: Option<String>,
     /// All request headers as received.

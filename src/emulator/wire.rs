@@ -5,6 +5,61 @@
 
 use std::time::SystemTime;
 
+/// Why IIS refuses a path before the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CookedPathError {
+    /// HTTP.sys: a `%` not followed by two hex digits (400).
+    BadEscape,
+    /// Request filtering, `allowDoubleEscaping = false`: the path still holds a `%` once
+    /// decoded (404.11).
+    DoubleEscape,
+}
+
+/// The path as IIS hands it to the application (reference, addendum of 2026-12-03): every
+/// percent-escape decoded (`%2F` becomes a real `/`), `\` read as `/`. Bytes that are not
+/// UTF-8 are replaced (the application sees a string). The result is spelled so that an
+/// `http::Uri` can carry it: bytes a URI path cannot hold stay percent-encoded, and the rest,
+/// letters and `/` included, appear decoded, which is what routing sees.
+pub(super) fn cooked_path(raw: &str) -> Result<String, CookedPathError> {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                    return Err(CookedPathError::BadEscape);
+                };
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'\\' => {
+                decoded.push(b'/');
+                i += 1;
+            }
+            b => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    if decoded.contains(&b'%') {
+        return Err(CookedPathError::DoubleEscape);
+    }
+    let text = String::from_utf8_lossy(&decoded);
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(out)
+}
+
 /// The path below `base` (`""` or `/Dir`), matched case-insensitively as IIS does.
 pub(super) fn strip_base<'a>(path: &'a str, base: &str) -> Option<&'a str> {
     if base.is_empty() {

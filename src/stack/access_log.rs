@@ -1,0 +1,266 @@
+//! Layer 2: the access log line and the request metrics, one of each per request, written
+//! when the answer's head is ready.
+//!
+//! Rules:
+//! 1. The line carries the request id, method, path (the raw path the client sent, without the
+//!    query unless `log.query = true`), route, identity, status, Creatio's status, whether the
+//!    request was replayed after a re-login, and the latency. Never a header value.
+//! 2. A proxy-made error (the error layer puts it on the answer) is also logged on its own line:
+//!    at `error` for 5xx (an operator must act), at `debug` for the client's mistakes.
+//! 3. The route and identity are decided further in; the route layer writes them into a
+//!    [`RouteSlot`] this layer puts in the request.
+//!
+//! Hand-written: tower-http's `TraceLayer` logs through the general tracing formatter, which
+//! cost several per cent of a small request's CPU (see [`crate::telemetry::access`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::request::{Outcome, RequestId, RouteFacts, RouteSlot};
+use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
+
+/// What the access log needs to name routes and identities.
+#[derive(Debug)]
+pub(crate) struct AccessSettings {
+    /// Route prefixes, in config order.
+    pub(crate) route_prefixes: Vec<Arc<str>>,
+    /// Identity names, in config order.
+    pub(crate) identities: Vec<Arc<str>>,
+    /// Per route in config order, then one for requests no route matched.
+    pub(crate) route_metrics: Vec<RouteMetrics>,
+    /// Log the query string too.
+    pub(crate) log_query: bool,
+}
+
+impl AccessSettings {
+    fn route_metrics(&self, index: Option<usize>) -> Option<&RouteMetrics> {
+        let last = self.route_metrics.len().checked_sub(1)?;
+        self.route_metrics.get(index.unwrap_or(last).min(last))
+    }
+}
+
+/// Writes the access line and counts the request (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct AccessLogLayer {
+    settings: Arc<AccessSettings>,
+}
+
+impl AccessLogLayer {
+    /// A layer with `settings`.
+    pub(crate) fn new(settings: AccessSettings) -> Self {
+        AccessLogLayer {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// The service of [`AccessLogLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct AccessLog<S> {
+    inner: S,
+    settings: Arc<AccessSettings>,
+}
+
+impl<S, B, R> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let slot = RouteSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let record = Record {
+            started: Instant::now(),
+            id: req.extensions().get::<RequestId>().cloned(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
+            slot,
+            settings: self.settings.clone(),
+        };
+        ResponseFuture {
+            future: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+/// What the line needs from the request.
+#[derive(Debug)]
+struct Record {
+    started: Instant,
+    id: Option<RequestId>,
+    method: Method,
+    path: Option<PathAndQuery>,
+    slot: RouteSlot,
+    settings: Arc<AccessSettings>,
+}
+
+pin_project! {
+    /// Writes the line when the answer's head is ready.
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let (Some(record), Ok(response)) = (this.record.take(), &result) {
+            record.write(response);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl Record {
+    fn write<R>(self, response: &Response<R>) {
+        let settings = &self.settings;
+        let facts: Option<RouteFacts> = self.slot.0.get().copied();
+        let route = facts
+            .and_then(|f| f.route)
+            .and_then(|r| settings.route_prefixes.get(r));
+        let identity = facts.and_then(|f| settings.identities.get(f.identity));
+        let status = response.status().as_u16();
+        if let Some(metrics) = settings.route_metrics(facts.and_then(|f| f.route)) {
+            metrics.count(&self.method, status);
+        }
+        let id = self
+            .id
+            .as_ref()
+            .and_then(|id| id.0.to_str().ok())
+            .unwrap_or("");
+        let path = match &self.path {
+            Some(pq) if settings.log_query => pq.as_str(),
+            Some(pq) => pq.path(),
+            None => "/",
+        };
+        if let Some(e) = response.extensions().get::<Arc<ProxyError>>() {
+            log_error(e, id, &self.method, path, identity.map_or("-", |i| i));
+        }
+        let outcome = response.extensions().get::<Outcome>().copied();
+        crate::telemetry::access(&crate::telemetry::Access {
+            request_id: id,
+            method: self.method.as_str(),
+            path,
+            route: route.map_or("-", |r| r),
+            identity: identity.map_or("-", |i| i),
+            status,
+            upstream_status: outcome.map_or(0, |o| o.upstream_status),
+            relogin: outcome.is_some_and(|o| o.relogin),
+            latency_us: self.started.elapsed().as_micros() as u64,
+        });
+    }
+}
+
+/// Rule 2. The error's whole source chain goes into the line.
+fn log_error(e: &ProxyError, rid: &str, method: &Method, path: &str, identity: &str) {
+    let chain = crate::error::chain(e);
+    if e.status().is_server_error() {
+        tracing::error!(request_id = rid, %method, path, identity, error = e.code(), "{chain}");
+    } else {
+        tracing::debug!(request_id = rid, %method, path, identity, error = e.code(), "{chain}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use tower::ServiceExt;
+
+    /// Writes route facts the way the route layer does, then answers `status`.
+    fn routed(
+        facts: Option<RouteFacts>,
+        status: u16,
+    ) -> impl Service<Request<()>, Response = Response<()>, Error = std::convert::Infallible> + Clone
+    {
+        tower::service_fn(move |req: Request<()>| async move {
+            if let (Some(f), Some(slot)) = (facts, req.extensions().get::<RouteSlot>()) {
+                let _ = slot.0.set(f);
+            }
+            let mut r = Response::new(());
+            *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+            Ok::<_, std::convert::Infallible>(r)
+        })
+    }
+
+    #[tokio::test]
+    async fn each_answer_is_counted_under_the_route_that_served_it() {
+        let metrics = Metrics::new();
+        let settings = AccessSettings {
+            route_prefixes: vec![Arc::from("/0/rest/UsrPortalService")],
+            identities: vec![Arc::from("default"), Arc::from("portal")],
+            route_metrics: vec![
+                metrics.route(Some("/0/rest/UsrPortalService")),
+                metrics.route(None),
+            ],
+            log_query: false,
+        };
+        let layer = AccessLogLayer::new(settings);
+        let portal = Some(RouteFacts {
+            route: Some(0),
+            identity: 1,
+        });
+        let default = Some(RouteFacts {
+            route: None,
+            identity: 0,
+        });
+        for (facts, status) in [(portal, 200), (portal, 502), (default, 200), (None, 401)] {
+            let r = layer
+                .layer(routed(facts, status))
+                .oneshot(Request::new(()))
+                .await
+                .expect("answer");
+            assert_eq!(r.status().as_u16(), status);
+        }
+        let text = metrics.render(&[]);
+        let line = |route: &str, status: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("creatio_proxy_requests_total")
+                        && l.contains(&format!("route=\"{route}\""))
+                        && l.contains(&format!("status=\"{status}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        assert_eq!(line("/0/rest/UsrPortalService", "2xx").as_deref(), Some("1"));
+        assert_eq!(line("/0/rest/UsrPortalService", "5xx").as_deref(), Some("1"));
+        assert_eq!(line("-", "2xx").as_deref(), Some("1"), "{text}");
+        assert_eq!(line("-", "4xx").as_deref(), Some("1"), "{text}");
+    }
+}

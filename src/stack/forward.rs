@@ -1,0 +1,134 @@
+//! Layer 12, the innermost: the request goes to Creatio through the connection pool.
+//!
+//! Rules:
+//! 1. Hop-by-hop headers (and every header `Connection` names) are removed both ways; the
+//!    request goes out as HTTP/1.1.
+//! 2. Creatio's answer head must arrive within `server.upstream_timeout`: else 504. A failure
+//!    to connect or exchange is 502, with the diagnosis of [`crate::diagnosis`] and the
+//!    underlying error kept as the source.
+//! 3. The wait for the head is observed per route (`creatio_proxy_upstream_seconds`), and the
+//!    answer's body bytes are counted as they stream to the client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::request::Routed;
+use crate::body::{PeerBody, ProxyBody};
+use crate::diagnosis::network_failure;
+use crate::error::ProxyError;
+use crate::pool::UpstreamError;
+use crate::upstream::remove_hop_by_hop;
+
+/// What the forwarder observes and how long it waits.
+#[derive(Debug)]
+pub(crate) struct ForwardSettings {
+    /// Longest wait for Creatio's answer head.
+    pub(crate) timeout: Duration,
+    /// Creatio's host:port, for messages.
+    pub(crate) target: Arc<str>,
+    /// Upstream latency per route in config order, then one for unmatched paths.
+    pub(crate) latency: Vec<Histogram>,
+    /// Answer body bytes.
+    pub(crate) bytes_out: Counter,
+}
+
+/// Sends requests through `pool` (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct Forward<P> {
+    pool: P,
+    settings: Arc<ForwardSettings>,
+}
+
+impl<P> Forward<P> {
+    /// A forwarder over `pool`.
+    pub(crate) fn new(pool: P, settings: ForwardSettings) -> Self {
+        Forward {
+            pool,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl<P> Service<Request<ProxyBody>> for Forward<P>
+where
+    P: Service<Request<ProxyBody>, Response = Response<PeerBody>, Error = UpstreamError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<P::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        let settings = &self.settings;
+        self.pool
+            .poll_ready(cx)
+            .map_err(|e| unreachable(&settings.target, e))
+    }
+
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        remove_hop_by_hop(req.headers_mut());
+        *req.version_mut() = Version::HTTP_11;
+        let route = req.extensions().get::<Routed>().and_then(|r| r.facts.route);
+        let last = self.settings.latency.len().saturating_sub(1);
+        ResponseFuture {
+            future: tokio::time::timeout(self.settings.timeout, self.pool.call(req)),
+            started: Instant::now(),
+            latency: route.unwrap_or(last).min(last),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+fn unreachable(target: &str, e: UpstreamError) -> ProxyError {
+    let cause = network_failure(&e, target, "creatio.url").1;
+    ProxyError::Unreachable {
+        target: target.to_string(),
+        cause,
+        source: Arc::new(e),
+    }
+}
+
+pin_project! {
+    /// Waits for Creatio's answer head.
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        future: tokio::time::Timeout<F>,
+        started: Instant,
+        latency: usize,
+        settings: Arc<ForwardSettings>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<PeerBody>, UpstreamError>>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let settings = &**this.settings;
+        Poll::Ready(match std::task::ready!(this.future.poll(cx)) {
+            Err(_) => Err(ProxyError::UpstreamTimeout(settings.timeout)),
+            Ok(Err(e)) => Err(unreachable(&settings.target, e)),
+            Ok(Ok(response)) => {
+                if let Some(h) = settings.latency.get(*this.latency) {
+                    h.observe(this.started.elapsed().as_secs_f64());
+                }
+                let mut response =
+                    response.map(|b| ProxyBody::Stream(b.counted(&settings.bytes_out)));
+                remove_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! Layer 7: a `Location` into Creatio is pointed back at the proxy.
+//!
+//! A client that follows the `Location` of a created record (`201`, OData) must come back
+//! through the proxy, which holds the session. Rules:
+//! 1. A `Location` under `creatio.url` (scheme, host and virtual directory compared ignoring
+//!    ASCII case) is rewritten to `http://<the client's Host><rest>`.
+//! 2. On an ssp route the `ssp` segment the proxy inserted is taken out again, so the followed
+//!    path meets the same route (and identity) and gets it back.
+//! 3. Other locations (relative ones, other hosts, another virtual directory) pass unchanged;
+//!    so do answers without a client `Host`. Bodies are never rewritten: `@odata.context` and
+//!    links inside JSON keep Creatio's address.
+//!
+//! This layer sits outside the expiry layer, so expiry detection sees Creatio's own
+//! `Location` (a 302 to its login page), and only the answer that goes to the client is
+//! rewritten.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::request::Routed;
+use crate::body::ProxyBody;
+use crate::config::CreatioUrl;
+use crate::error::ProxyError;
+use crate::routes::remove_ssp;
+
+/// Points Creatio's `Location`s at the proxy (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct LocationLayer {
+    /// `scheme://authority/base`, as `creatio.url` names the application root.
+    root: Arc<str>,
+}
+
+impl LocationLayer {
+    /// Rewrites locations under `creatio`.
+    pub(crate) fn new(creatio: &CreatioUrl) -> Self {
+        LocationLayer {
+            root: Arc::from(format!(
+                "{}://{}{}",
+                creatio.scheme.as_str(),
+                creatio.authority.as_str(),
+                creatio.base_path
+            )),
+        }
+    }
+}
+
+impl<S> Layer<S> for LocationLayer {
+    type Service = Location<S>;
+    fn layer(&self, inner: S) -> Location<S> {
+        Location {
+            inner,
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// The service of [`LocationLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Location<S> {
+    inner: S,
+    root: Arc<str>,
+}
+
+impl<S, B> Service<Request<B>> for Location<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let back = req.extensions().get::<Routed>().and_then(|r| {
+            r.client_host.clone().map(|host| Back {
+                root: self.root.clone(),
+                host,
+                ssp: r.ssp,
+            })
+        });
+        ResponseFuture {
+            future: self.inner.call(req),
+            back,
+        }
+    }
+}
+
+/// Where a location leads back to.
+#[derive(Debug)]
+struct Back {
+    root: Arc<str>,
+    host: HeaderValue,
+    ssp: bool,
+}
+
+pin_project! {
+    /// Rewrites the answer's `Location`.
+    pub(crate) struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        back: Option<Back>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.future.poll(cx))?;
+        if let Some(back) = this.back.take() {
+            if response.headers().contains_key(header::LOCATION) {
+                rewrite_location(response.headers_mut(), &back.root, &back.host, back.ssp);
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Rules 1 to 3 on one set of answer headers.
+pub(crate) fn rewrite_location(headers: &mut HeaderMap, root: &str, host: &HeaderValue, ssp: bool) {
+    let Some(location) = headers.get(header::LOCATION) else {
+        return;
+    };
+    let (Ok(location), Ok(host)) = (location.to_str(), host.to_str()) else {
+        return;
+    };
+    let Some(head) = location.get(..root.len()) else {
+        return;
+    };
+    let rest = &location[root.len()..];
+    if !head.eq_ignore_ascii_case(root) || !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+        return;
+    }
+    let rest: Cow<'_, str> = match rest.find('?') {
+        _ if !ssp || !rest.starts_with('/') => Cow::Borrowed(rest),
+        Some(q) => Cow::Owned(format!("{}{}", remove_ssp(&rest[..q]), &rest[q..])),
+        None => remove_ssp(rest),
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
+        headers.insert(header::LOCATION, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::CanonicalPath;
+    use crate::stack::request::RouteFacts;
+    use tower::ServiceExt;
+
+    fn creatio() -> CreatioUrl {
+        crate::config::Config::from_toml_str(
+            "[creatio]\nurl = \"https://Acme.creatio.com/CreatioWebApp\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .expect("config")
+        .creatio
+    }
+
+    /// Answers 201 with the location it is given.
+    fn created(
+        location: &'static str,
+    ) -> impl Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError, Future = impl Send>
+           + Clone {
+        tower::service_fn(move |_req: Request<()>| async move {
+            let mut r = Response::new(ProxyBody::Empty);
+            r.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static(location));
+            Ok(r)
+        })
+    }
+
+    #[tokio::test]
+    async fn locations_into_creatio_point_back_at_the_proxy() {
+        let cases: &[(&str, bool, Option<&str>, &str)] = &[
+            (
+                "https://acme.creatio.com/CreatioWebApp/0/odata/Contact(1)",
+                false,
+                Some("127.0.0.1:5080"),
+                "http://127.0.0.1:5080/0/odata/Contact(1)",
+            ),
+            (
+                "HTTPS://ACME.CREATIO.COM/CreatioWebApp?x=1",
+                false,
+                Some("127.0.0.1:5080"),
+                "http://127.0.0.1:5080?x=1",
+            ),
+            ("https://other.example/0/x", false, Some("p:1"), "https://other.example/0/x"),
+            (
+                "https://acme.creatio.com/CreatioWebApp2/0/x",
+                false,
+                Some("p:1"),
+                "https://acme.creatio.com/CreatioWebApp2/0/x",
+            ),
+            ("/Login/NuiLogin.aspx", false, Some("p:1"), "/Login/NuiLogin.aspx"),
+            (
+                "https://acme.creatio.com/CreatioWebApp/0/ssp/odata/Case(7)?a=/ssp",
+                true,
+                Some("127.0.0.1:5080"),
+                "http://127.0.0.1:5080/0/odata/Case(7)?a=/ssp",
+            ),
+            (
+                "https://acme.creatio.com/CreatioWebApp/0/odata/Contact(1)",
+                false,
+                None,
+                "https://acme.creatio.com/CreatioWebApp/0/odata/Contact(1)",
+            ),
+        ];
+        let layer = LocationLayer::new(&creatio());
+        for (from, ssp, host, to) in cases {
+            let mut req = Request::new(());
+            req.extensions_mut().insert(Routed {
+                facts: RouteFacts {
+                    route: None,
+                    identity: 0,
+                },
+                ssp: *ssp,
+                path: CanonicalPath::parse("/0/x").expect("path"),
+                client_host: host.map(HeaderValue::from_static),
+            });
+            let r = layer.layer(created(from)).oneshot(req).await.expect("answer");
+            assert_eq!(r.headers()[header::LOCATION], *to, "{from}");
+        }
+    }
+}

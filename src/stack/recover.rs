@@ -1,0 +1,238 @@
+//! Layer 10: expiry detection, re-login and replay.
+//!
+//! Rules:
+//! 1. A request body up to `server.replay_buffer` is read into memory before the request goes
+//!    out, so it can be sent again; a larger one streams through once. A client that announces
+//!    a body and stops sending gets 400 after `server.upstream_timeout`.
+//! 2. Creatio's answer is classified ([`crate::auth::expiry`]): a 301/302/307 to a `/Login/`
+//!    page, a 401, or (reading at most its first 4 KB) a 200 that is the login page means the
+//!    session expired. Every other answer goes to the client as it came.
+//! 3. On expiry, the session the request was sent with (its generation, [`SentWith`]) is
+//!    renewed: one login for every request that met the same expiry. The request is then
+//!    replayed once, through the session layer, which attaches the new session.
+//! 4. A body too large to replay: 503 that says it is safe to send again (the session has been
+//!    renewed). A replay that meets an expired answer again: 502, and re-logins for this
+//!    identity pause on the login back-off (the endpoint itself refuses; logging in again per
+//!    request would open a Creatio session per request).
+//!
+//! It sits outside the session layer so that a replay goes through the session layer again:
+//! only that layer attaches credentials.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::Body as _;
+use tower::{Layer, Service, ServiceExt};
+
+use super::future::BoxFuture;
+use super::inspect::peek;
+use super::request::{Outcome, Routed, SentWith};
+use crate::auth::expiry::{classify, is_login_page, Verdict, LOGIN_PAGE_SCAN};
+use crate::auth::{Identity, LoginContext};
+use crate::body::{read_ahead, ProxyBody, ReadAhead};
+use crate::error::ProxyError;
+use crate::metrics::Replay;
+
+/// What the expiry layer works with.
+#[derive(Debug)]
+pub(crate) struct RecoverSettings {
+    /// The identities, in config order.
+    pub(crate) identities: Arc<[Arc<Identity>]>,
+    /// Settings every login shares.
+    pub(crate) login: LoginContext,
+    /// Largest body kept for a replay.
+    pub(crate) replay_limit: usize,
+    /// Longest wait for a client's body, and for the start of Creatio's.
+    pub(crate) timeout: Duration,
+}
+
+/// Re-logs in and replays on expiry (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct RecoverLayer {
+    settings: Arc<RecoverSettings>,
+}
+
+impl RecoverLayer {
+    /// A layer with `settings`.
+    pub(crate) fn new(settings: RecoverSettings) -> Self {
+        RecoverLayer {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl<S> Layer<S> for RecoverLayer {
+    type Service = Recover<S>;
+    fn layer(&self, inner: S) -> Recover<S> {
+        Recover {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// The service of [`RecoverLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Recover<S> {
+    inner: S,
+    settings: Arc<RecoverSettings>,
+}
+
+impl<S> Service<Request<ProxyBody>> for Recover<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    // Boxed: it awaits the body, the answer, and maybe a login and a replay.
+    type Future = BoxFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        // The instance that was polled ready goes into the future; a clone stays behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let settings = self.settings.clone();
+        Box::pin(forward(inner, settings, req))
+    }
+}
+
+/// A request body, ready to send (and maybe to send again).
+enum Prepared {
+    /// Held in memory: can be replayed.
+    Replayable(Bytes),
+    /// Too large to hold: streams once.
+    Streaming(ProxyBody),
+}
+
+/// Rule 1.
+async fn prepare(body: ProxyBody, limit: usize, deadline: Duration) -> Result<Prepared, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Prepared::Replayable(Bytes::new()));
+    }
+    if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
+        return Ok(Prepared::Streaming(body));
+    }
+    let peer = match body {
+        ProxyBody::Stream(peer) => peer,
+        ProxyBody::Full(Some(bytes)) => return Ok(Prepared::Replayable(bytes)),
+        other => return Ok(Prepared::Streaming(other)),
+    };
+    // A client that announces a body and then stalls must not hold the request forever.
+    match tokio::time::timeout(deadline, read_ahead(peer, limit)).await {
+        Err(_) => Err(ProxyError::ClientBodyTimeout(deadline)),
+        Ok(Ok(ReadAhead::Complete(bytes))) => Ok(Prepared::Replayable(bytes)),
+        Ok(Ok(ReadAhead::Partial(prefix, rest))) => {
+            Ok(Prepared::Streaming(ProxyBody::Prefixed(prefix, rest)))
+        }
+        Ok(Err(e)) => Err(ProxyError::ClientBody(Arc::new(e))),
+    }
+}
+
+/// Rule 2: `None` when the session expired, else the answer (whole again).
+async fn inspect(
+    response: Response<ProxyBody>,
+    timeout: Duration,
+) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+    match classify(response.status(), response.headers()) {
+        Verdict::Pass => Ok(Some(response)),
+        Verdict::Expired => Ok(None),
+        Verdict::Inspect => {
+            let (response, head) = peek(response, LOGIN_PAGE_SCAN, timeout).await?;
+            Ok((!is_login_page(&head)).then_some(response))
+        }
+    }
+}
+
+fn with_outcome(mut response: Response<ProxyBody>, relogin: bool) -> Response<ProxyBody> {
+    let upstream_status = response.status().as_u16();
+    response.extensions_mut().insert(Outcome {
+        upstream_status,
+        relogin,
+    });
+    response
+}
+
+async fn forward<S>(
+    mut inner: S,
+    settings: Arc<RecoverSettings>,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+{
+    let identity = req
+        .extensions()
+        .get::<Routed>()
+        .and_then(|r| settings.identities.get(r.facts.identity).cloned())
+        .ok_or(ProxyError::Internal("no route decision"))?;
+    let (parts, body) = req.into_parts();
+    let (first, replay) = match prepare(body, settings.replay_limit, settings.timeout).await? {
+        Prepared::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some((parts.clone(), bytes))),
+        Prepared::Streaming(body) => (body, None),
+    };
+    let response = inner.call(Request::from_parts(parts, first)).await?;
+    let sent_with = response.extensions().get::<SentWith>().map(|s| s.generation);
+    match inspect(response, settings.timeout).await? {
+        Some(response) => Ok(with_outcome(response, false)),
+        // The rare path is boxed so the common path's future stays small.
+        None => Box::pin(recover(inner, settings, identity, sent_with, replay)).await,
+    }
+}
+
+/// Rules 3 and 4.
+async fn recover<S>(
+    mut inner: S,
+    settings: Arc<RecoverSettings>,
+    identity: Arc<Identity>,
+    stale: Option<u64>,
+    replay: Option<(Parts, Bytes)>,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+{
+    if let Some(wait) = identity.relogin_paused() {
+        return Err(ProxyError::ReloginPaused {
+            identity: identity.name().to_string(),
+            retry_after: wait,
+        });
+    }
+    // Generation 0 is never a session's: "renew whatever is current" when the answer did not
+    // say which session it was sent with.
+    identity.renew(&settings.login, Some(stale.unwrap_or(0))).await?;
+    let Some((parts, bytes)) = replay else {
+        identity.metrics().replay(Replay::NotReplayable);
+        return Err(ProxyError::ExpiredDuringUpload);
+    };
+    let svc = inner.ready().await?;
+    let response = svc
+        .call(Request::from_parts(parts, ProxyBody::full(bytes)))
+        .await?;
+    match inspect(response, settings.timeout).await? {
+        Some(response) => {
+            identity.replay_worked();
+            identity.metrics().replay(Replay::Ok);
+            Ok(with_outcome(response, true))
+        }
+        None => {
+            identity.metrics().replay(Replay::ExpiredAgain);
+            identity.replay_refused(&settings.login);
+            Err(ProxyError::ExpiredAgain {
+                identity: identity.name().to_string(),
+                oauth2: identity.is_oauth2(),
+            })
+        }
+    }
+}

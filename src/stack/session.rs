@@ -1,0 +1,234 @@
+//! Layer 11: the identity's session. The only layer that puts credentials on a request, and
+//! the only one that writes an identity's cookie jar.
+//!
+//! On the way in, for the identity the route chose:
+//! 1. the current session is taken (a login first when there is none: single flight, with the
+//!    back-off; see [`crate::auth`]);
+//! 2. the client's own credentials are removed (`Cookie`, `BPMCSRF`, `Authorization`,
+//!    `X-Api-Key`, and `Set-Cookie` lines some ESBs send back as request headers);
+//! 3. the session is attached: the `Cookie` line and a `BPMCSRF` header equal to the BPMCSRF
+//!    cookie (forms), or `Authorization: Bearer` (oauth2); and `ForceUseSession: true` unless
+//!    the client sent its own (Creatio documents it on OData 3/4 requests, not only on login).
+//!
+//! On the way out:
+//! 4. the answer is marked with the session generation it was sent with ([`SentWith`]), so
+//!    the expiry layer can renew exactly that session;
+//! 5. `Set-Cookie` never reaches the client.
+//!
+//! Which answers may change the jar, and why:
+//! - The answer to the proxy's own login creates it ([`crate::auth`]).
+//! - Answers to forwarded requests may refresh it (sliding renewal of `.ASPXAUTH`, a new
+//!   `BPMCSRF`), because Creatio renews the session on any request, and a forwarded request is
+//!   sent with the identity's session, on its behalf. Except:
+//!   - answers to requests on Creatio's authentication endpoints (a canonical path with a
+//!     segment `AuthService.svc` or `Login`, in any case): there a client could log in as
+//!     another user, and the answer would swap the shared session under every other client.
+//!     The proxy answers `Login` and `Logout` itself (the client-login layer); this rule covers
+//!     every other endpoint there (`SsoLogin`, the login pages).
+//!   - answers whose cookies name another user (`UserName`, [`crate::auth::Jar::changes_user`]):
+//!     refused whole and logged, wherever they come from;
+//!   - answers that say the session expired: the session is about to be replaced, and a cookie
+//!     cleared by such an answer must not spoil it for requests still using it;
+//!   - answers to a session that has been replaced since (a late answer): ignored by
+//!     generation.
+//!
+//! So a client's request can never change which user an identity's session is.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::future::BoxFuture;
+use super::request::{Routed, SentWith};
+use crate::auth::expiry::{classify, Verdict};
+use crate::auth::{Absorbed, Identity, LoginContext, Session};
+use crate::body::ProxyBody;
+use crate::canonical::CanonicalPath;
+use crate::error::ProxyError;
+use crate::upstream::{strip_client_credentials, BPMCSRF_HEADER};
+
+/// Creatio's header that asks it to use the session the request carries.
+pub(crate) static FORCE_USE_SESSION: HeaderName = HeaderName::from_static("forceusesession");
+
+#[derive(Debug)]
+struct Settings {
+    identities: Arc<[Arc<Identity>]>,
+    login: LoginContext,
+}
+
+/// Attaches the identity's session (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct SessionLayer {
+    settings: Arc<Settings>,
+}
+
+impl SessionLayer {
+    /// Sessions of `identities`, logged in with `login`.
+    pub(crate) fn new(identities: Arc<[Arc<Identity>]>, login: LoginContext) -> Self {
+        SessionLayer {
+            settings: Arc::new(Settings { identities, login }),
+        }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+    fn layer(&self, inner: S) -> SessionService<S> {
+        SessionService {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// The service of [`SessionLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct SessionService<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S> Service<Request<ProxyBody>> for SessionService<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    // Boxed: it may await a login; one allocation next to a network round trip.
+    type Future = BoxFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        // The instance that was polled ready goes into the future; a clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let settings = self.settings.clone();
+        let routed = req.extensions().get::<Routed>();
+        let identity = routed.and_then(|r| settings.identities.get(r.facts.identity).cloned());
+        let absorb = routed.is_some_and(|r| may_change_jar(&r.path));
+        Box::pin(async move {
+            let identity = identity.ok_or(ProxyError::Internal("no route decision"))?;
+            let session = identity.session(&settings.login).await?;
+            attach(req.headers_mut(), &session);
+            let mut response = inner.call(req).await?;
+            response.extensions_mut().insert(SentWith {
+                generation: session.generation,
+            });
+            if response.headers().contains_key(header::SET_COOKIE) {
+                let expired = classify(response.status(), response.headers()) == Verdict::Expired;
+                if absorb && !expired {
+                    let outcome = identity.absorb(session.generation, response.headers());
+                    if outcome == Absorbed::RefusedOtherUser {
+                        tracing::warn!(
+                            identity = %identity.name(),
+                            "Creatio answered with the cookies of another user; the identity's session was not changed"
+                        );
+                    }
+                }
+                response.headers_mut().remove(header::SET_COOKIE);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Rules 2 and 3: the client's credentials out, the session in.
+pub(crate) fn attach(headers: &mut HeaderMap, session: &Session) {
+    strip_client_credentials(headers);
+    if let Some(cookie) = &session.cookie {
+        headers.insert(header::COOKIE, cookie.clone());
+    }
+    if let Some(csrf) = &session.csrf {
+        headers.insert(BPMCSRF_HEADER.clone(), csrf.clone());
+    }
+    if let Some(authorization) = &session.authorization {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    if !headers.contains_key(&FORCE_USE_SESSION) {
+        headers.insert(FORCE_USE_SESSION.clone(), HeaderValue::from_static("true"));
+    }
+}
+
+/// False for Creatio's authentication endpoints (see the module docs): their answers never
+/// change the jar.
+pub(crate) fn may_change_jar(path: &CanonicalPath) -> bool {
+    !path.as_str().split('/').any(|segment| {
+        segment.eq_ignore_ascii_case("authservice.svc") || segment.eq_ignore_ascii_case("login")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_from_authentication_endpoints_never_change_the_jar() {
+        let cases = [
+            ("/0/odata/Contact", true),
+            ("/0/rest/UsrService/Loginx", true),
+            ("/ServiceModel/AuthService.svc/SsoLogin", false),
+            ("/0/ServiceModel/AUTHSERVICE.SVC/Anything", false),
+            ("/Login/NuiLogin.aspx", false),
+            ("/0/login/x", false),
+            ("/0/rest/UsrService/Login", false),
+        ];
+        for (path, want) in cases {
+            let p = CanonicalPath::parse(path).expect(path);
+            assert_eq!(may_change_jar(&p), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_session_replaces_the_clients_credentials() {
+        let session = Session {
+            generation: 1,
+            cookie: Some(HeaderValue::from_static(".ASPXAUTH=t; BPMCSRF=c")),
+            csrf: Some(HeaderValue::from_static("c")),
+            authorization: None,
+            obtained: tokio::time::Instant::now(),
+            refresh_at: None,
+            expires_at: None,
+        };
+        let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+            (
+                &[],
+                &[("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c"), ("forceusesession", "true")],
+            ),
+            (
+                &[("cookie", "mine=1"), ("bpmcsrf", "x"), ("set-cookie", ".ASPXAUTH=stolen"), ("authorization", "Basic eA=="), ("x-api-key", "k"), ("accept", "*/*")],
+                &[("accept", "*/*"), ("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c"), ("forceusesession", "true")],
+            ),
+            (
+                &[("forceusesession", "false")],
+                &[("forceusesession", "false"), ("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c")],
+            ),
+        ];
+        for (sent, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in *sent {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            attach(&mut h, &session);
+            let mut got: Vec<(String, String)> = h
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let mut want: Vec<(String, String)> =
+                want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{sent:?}");
+        }
+    }
+}

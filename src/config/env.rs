@@ -74,6 +74,8 @@ impl Environment {
         let mut figment = Figment::new();
         for (name, raw) in self.vars() {
             if let Some(key) = override_key(&name) {
+                // Parsed as figment's Env parses values. Going through `Serialized` widens an
+                // integer's tag (U8 -> U64); deserialisation and messages do not depend on it.
                 let value = match raw.parse::<Value>() {
                     Ok(v) => v,
                     Err(never) => match never {},
@@ -103,9 +105,12 @@ fn override_key(name: &str) -> Option<String> {
     Some(key.to_ascii_lowercase())
 }
 
-/// Secret keys are left to [`apply_secret_env`]. The comparison is case-sensitive on the key as
-/// the variable spells it (as it always was: a `CREATIO_PROXY_AUTH__PASSWORD` still reaches
-/// figment too, and [`apply_secret_env`] then replaces the value with the raw text).
+/// Secret keys are meant to be left to [`apply_secret_env`]. Kept exactly as it was before the
+/// module split: the comparison is case-sensitive on the key as the variable spells it, so the
+/// usual upper-case `CREATIO_PROXY_AUTH__PASSWORD` is *not* filtered. It reaches figment too;
+/// for a forms identity [`apply_secret_env`] then replaces the value with the raw text, but for
+/// an oauth2 `[auth]` the figment value stays and is refused as a forms key (a known issue,
+/// reported, not changed here).
 fn is_secret_key(key: &str) -> bool {
     key.ends_with(".password") || key.ends_with(".client_secret")
 }

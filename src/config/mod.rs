@@ -5,9 +5,9 @@
 //!    (`CREATIO_PROXY_` prefix, `__` between levels: `CREATIO_PROXY_AUTH__PASSWORD`) into a
 //!    [`ConfigFile`] that rejects unknown keys;
 //! 2. [`Config::from_file`] validates it into typed values, in the named steps of
-//!    [`validate`] and [`identity`]. Every error names the key and says how to fix it. Secrets
+//!    `validate` and `identity`. Every error names the key and says how to fix it. Secrets
 //!    are read from the file, a `*_file`, or the environment, and are held as [`Secret`] from
-//!    then on. Omitted keys take the values in [`defaults`].
+//!    then on. Omitted keys take the values in `defaults`.
 //!
 //! Modules: `file` (the serde mirror), `defaults`, `env` (overrides and raw secrets), `net`
 //! (addresses and URLs), `identity`, `validate` (the other steps), `secret`.
@@ -129,8 +129,9 @@ impl Config {
 }
 
 impl Config {
-    /// The listener rule of [`check_exposure`](validate::check_exposure) for `listen`, the address actually bound: a
-    /// reload cannot move the listener, so a new config must be safe on the old address.
+    /// The listener rule of `validate::check_exposure` for `listen`, the address actually
+    /// bound: a reload cannot move the listener, so a new config must be safe on the old
+    /// address.
     pub fn check_exposure_at(&self, listen: SocketAddr) -> Result<(), ConfigError> {
         validate::check_exposure(
             listen,
@@ -208,7 +209,7 @@ impl Config {
         Config::from_file(file)
     }
 
-    /// Validates a parsed file: the steps of [`validate`] and [`identity`], in order.
+    /// Validates a parsed file: the steps of `validate` and `identity`, in order.
     pub fn from_file(file: ConfigFile) -> Result<Config, ConfigError> {
         let server = validate::server(&file)?;
         let access = validate::access(&file, server.listen)?;

@@ -287,4 +287,3 @@ fn admin_response(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
-

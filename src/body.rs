@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 
 /// A request or response body.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     /// No body.
     Empty,
     /// A complete body held in memory (taken on first poll).
@@ -37,7 +37,7 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// A complete body.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         if bytes.is_empty() {
             ProxyBody::Empty
@@ -126,7 +126,7 @@ impl std::fmt::Debug for Release {
 /// A body streamed from a peer: Creatio's answer (which returns its connection to the pool
 /// when read to the end) or a client's request body.
 #[derive(Debug)]
-pub struct PeerBody {
+pub(crate) struct PeerBody {
     inner: Incoming,
     release: Option<Release>,
     /// Counts the data bytes that pass (the metrics' body byte counters).
@@ -207,7 +207,7 @@ impl Body for PeerBody {
 }
 
 /// What reading ahead found.
-pub enum ReadAhead {
+pub(crate) enum ReadAhead {
     /// The body ended within the limit: here it is, whole.
     Complete(Bytes),
     /// The body is longer than the limit: the bytes read so far and the rest of the stream.
@@ -216,7 +216,10 @@ pub enum ReadAhead {
 
 /// Reads `body` until it ends or more than `limit` bytes have arrived. Trailers are dropped
 /// (Creatio uses none).
-pub async fn read_ahead(mut body: PeerBody, limit: usize) -> Result<ReadAhead, hyper::Error> {
+pub(crate) async fn read_ahead(
+    mut body: PeerBody,
+    limit: usize,
+) -> Result<ReadAhead, hyper::Error> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     loop {
@@ -239,7 +242,7 @@ pub async fn read_ahead(mut body: PeerBody, limit: usize) -> Result<ReadAhead, h
 }
 
 /// Joins chunks without copying when there is only one.
-pub fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
+pub(crate) fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop_front().unwrap_or_default(),

@@ -340,13 +340,25 @@ mod tests {
         let cases: &[(&str, Result<&str, PathError>)] = &[
             ("/0/odata/Contact", Ok("/0/odata/Contact")),
             ("/", Ok("/")),
-            ("/0/rest/UsrPortal%53ervice/GetCases", Ok("/0/rest/UsrPortalService/GetCases")),
+            (
+                "/0/rest/UsrPortal%53ervice/GetCases",
+                Ok("/0/rest/UsrPortalService/GetCases"),
+            ),
             ("/0/rest/UsrPortalS%65rvice", Ok("/0/rest/UsrPortalService")),
             ("/0/rest/%55srPortalService", Ok("/0/rest/UsrPortalService")),
             ("/0/rest/%75srportalservice", Ok("/0/rest/usrportalservice")),
-            ("/ServiceModel/AuthService.svc/Logi%6E", Ok("/ServiceModel/AuthService.svc/Login")),
-            ("/ServiceModel/AuthService%2Esvc/Login", Ok("/ServiceModel/AuthService.svc/Login")),
-            ("/0/rest//UsrPortalService/x", Ok("/0/rest/UsrPortalService/x")),
+            (
+                "/ServiceModel/AuthService.svc/Logi%6E",
+                Ok("/ServiceModel/AuthService.svc/Login"),
+            ),
+            (
+                "/ServiceModel/AuthService%2Esvc/Login",
+                Ok("/ServiceModel/AuthService.svc/Login"),
+            ),
+            (
+                "/0/rest//UsrPortalService/x",
+                Ok("/0/rest/UsrPortalService/x"),
+            ),
             ("//0///odata/Contact", Ok("/0/odata/Contact")),
             ("/0/odata/Contact/", Ok("/0/odata/Contact/")),
             ("//", Ok("/")),
@@ -412,7 +424,9 @@ mod tests {
             );
         }
         assert!(CanonicalPath::parse("/0/x").expect("x").is_spelled("/0/x"));
-        assert!(!CanonicalPath::parse("/0/%78").expect("x").is_spelled("/0/%78"));
+        assert!(!CanonicalPath::parse("/0/%78")
+            .expect("x")
+            .is_spelled("/0/%78"));
     }
 
     #[test]
@@ -421,7 +435,9 @@ mod tests {
         assert!(p("/0/REST/usrportalservice/Get").starts_with_segments("/0/rest/UsrPortalService"));
         assert!(p("/0/rest/UsrPortalService").starts_with_segments("/0/rest/UsrPortalService"));
         assert!(p("/0/rest/UsrPortalService(1)").starts_with_segments("/0/rest/UsrPortalService"));
-        assert!(p("/0/rest/UsrPortalService%281%29").starts_with_segments("/0/rest/UsrPortalService"));
+        assert!(
+            p("/0/rest/UsrPortalService%281%29").starts_with_segments("/0/rest/UsrPortalService")
+        );
         assert!(!p("/0/rest/UsrPortalServiceX").starts_with_segments("/0/rest/UsrPortalService"));
         assert!(p("/anything").starts_with_segments("/"));
     }

@@ -8,7 +8,7 @@ use crate::state::Shared;
 use crate::upstream::build_upstream;
 
 /// Runs the check; returns the exit code.
-pub async fn check(config: &Config) -> i32 {
+pub(crate) async fn check(config: &Config) -> i32 {
     let client = match build_upstream(config) {
         Ok(c) => c,
         Err(e) => {

@@ -18,7 +18,7 @@ use crate::emulator::{Emulator, EmulatorOptions};
 use crate::server::{shutdown_signal, Server};
 
 /// Runs the demo; returns the exit code.
-pub async fn demo(listen: SocketAddr, once: bool) -> i32 {
+pub(crate) async fn demo(listen: SocketAddr, once: bool) -> i32 {
     crate::telemetry::init(
         &LogConfig {
             format: LogFormat::Text,
@@ -201,7 +201,7 @@ client_secret = "integration-secret"
 }
 
 /// `creatio-proxy emulator`: only the emulator, until Ctrl-C.
-pub async fn emulator_only(listen: SocketAddr) -> i32 {
+pub(crate) async fn emulator_only(listen: SocketAddr) -> i32 {
     crate::telemetry::init(
         &LogConfig {
             format: LogFormat::Text,

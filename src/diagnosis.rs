@@ -8,7 +8,7 @@ use crate::pool::{ConnectKind, UpstreamError};
 
 /// The kinds of login and token failures the proxy can tell apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Diagnosis {
+pub(crate) enum Diagnosis {
     /// Creatio's `Code` 1 for a wrong user name or password.
     WrongCredentials,
     /// Creatio says the user is locked.
@@ -35,7 +35,7 @@ pub enum Diagnosis {
 
 impl Diagnosis {
     /// The stable code, as the `diagnosis` field of error bodies and log lines.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Diagnosis::WrongCredentials => "wrong_credentials",
             Diagnosis::UserLocked => "user_locked",
@@ -54,7 +54,7 @@ impl Diagnosis {
 
 /// Which server a failure concerns: Creatio (forms login) or the Identity Service (token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Server {
+pub(crate) enum Server {
     /// Creatio's `AuthService.svc/Login`.
     Creatio,
     /// The Identity Service's token endpoint.
@@ -63,7 +63,7 @@ pub enum Server {
 
 /// Why a login or token request failed.
 #[derive(Debug, Clone)]
-pub struct LoginFailure {
+pub(crate) struct LoginFailure {
     /// What kind of failure.
     pub diagnosis: Diagnosis,
     /// Which server.
@@ -74,7 +74,7 @@ pub struct LoginFailure {
 
 impl LoginFailure {
     /// A failure with its sentence.
-    pub fn new(diagnosis: Diagnosis, server: Server, message: impl Into<String>) -> Self {
+    pub(crate) fn new(diagnosis: Diagnosis, server: Server, message: impl Into<String>) -> Self {
         LoginFailure {
             diagnosis,
             server,
@@ -83,7 +83,7 @@ impl LoginFailure {
     }
 
     /// The `error` code of the JSON answer: what failed, at the level a client acts on.
-    pub fn error_code(&self) -> &'static str {
+    pub(crate) fn error_code(&self) -> &'static str {
         match (self.server, self.diagnosis) {
             (Server::Creatio, Diagnosis::Unreachable | Diagnosis::Certificate) => {
                 "creatio_unreachable"
@@ -106,7 +106,7 @@ impl std::fmt::Display for LoginFailure {
 /// Text a server sent (a message, a `Location`, an `error_description`), made safe to quote
 /// in one log line or JSON string: control characters become spaces, and it is cut at 200
 /// characters.
-pub fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     const LIMIT: usize = 200;
     let mut out: String = text
         .chars()
@@ -121,7 +121,7 @@ pub fn quoted(text: &str) -> String {
 
 /// The diagnosis and sentence for a request to `target` (host:port) that got no answer.
 /// `key` is the config key that names the server (`creatio.url`, `auth.token_url`).
-pub fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis, String) {
+pub(crate) fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis, String) {
     let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
     match e {
         UpstreamError::Connect(ConnectKind::Dns, _) => (

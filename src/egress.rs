@@ -36,7 +36,7 @@ use crate::config::EgressProxy;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which proxy (if any) serves which origin.
-pub struct EgressRules {
+pub(crate) struct EgressRules {
     matcher: Option<Matcher>,
     /// Loopback hosts bypass the proxy (true for proxies from the environment).
     loopback_direct: bool,
@@ -46,7 +46,7 @@ pub struct EgressRules {
 
 /// How one origin is reached.
 #[derive(Clone)]
-pub enum Route {
+pub(crate) enum Route {
     /// A TCP connection to the origin itself.
     Direct,
     /// Through the proxy at `proxy`: CONNECT for https, absolute-form requests for http.
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Route {
 impl EgressRules {
     /// The rules for `setting` and `no_proxy` (`creatio.no_proxy`; `None`: the `NO_PROXY`
     /// variable). The environment is read now (at start and at each reload).
-    pub fn new(setting: &EgressProxy, no_proxy: Option<&str>) -> Self {
+    pub(crate) fn new(setting: &EgressProxy, no_proxy: Option<&str>) -> Self {
         let no_proxy = match no_proxy {
             Some(list) => list.to_string(),
             None => env_first(&["NO_PROXY", "no_proxy"]),
@@ -112,7 +112,7 @@ impl EgressRules {
     }
 
     /// How `origin` is reached.
-    pub fn route(&self, origin: &Uri) -> Route {
+    pub(crate) fn route(&self, origin: &Uri) -> Route {
         let Some(matcher) = &self.matcher else {
             return Route::Direct;
         };
@@ -134,7 +134,7 @@ impl EgressRules {
     }
 
     /// `direct` or `http://host:port (from ...)` for `origin`, without credentials.
-    pub fn describe(&self, origin: &Uri) -> String {
+    pub(crate) fn describe(&self, origin: &Uri) -> String {
         match self.route(origin) {
             Route::Direct => "direct".to_string(),
             Route::Proxy { proxy, .. } => {
@@ -168,7 +168,7 @@ fn proxy_label(proxy: &Uri) -> String {
 /// A failure on the way through the egress proxy (connecting to it, or its CONNECT answer).
 #[derive(Debug, thiserror::Error)]
 #[error("through the egress proxy {proxy}: {source}")]
-pub struct EgressError {
+pub(crate) struct EgressError {
     proxy: String,
     #[source]
     source: BoxError,
@@ -176,7 +176,7 @@ pub struct EgressError {
 
 /// The TCP connector under TLS: direct or through the egress proxy, per origin.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     http: HttpConnector,
     rules: Arc<EgressRules>,
     /// Bounds the whole connection set-up through a proxy (TCP + CONNECT answer).
@@ -185,7 +185,7 @@ pub struct Connector {
 
 impl Connector {
     /// A connector that makes TCP connections with `http` and follows `rules`.
-    pub fn new(http: HttpConnector, rules: Arc<EgressRules>, timeout: Duration) -> Self {
+    pub(crate) fn new(http: HttpConnector, rules: Arc<EgressRules>, timeout: Duration) -> Self {
         Connector {
             http,
             rules,

@@ -23,7 +23,7 @@ use crate::pool::UpstreamError;
 
 /// A failure the proxy answers itself.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// The path has no canonical form (see [`crate::canonical`]).
     #[error("{0}")]
     Path(#[source] PathError),
@@ -108,7 +108,7 @@ fn expired_again(identity: &str, oauth2: bool) -> String {
 
 impl ProxyError {
     /// Status code of the answer.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::Path(_)
             | ProxyError::BadRequestTarget
@@ -128,7 +128,7 @@ impl ProxyError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProxyError::Path(e) => e.code(),
             ProxyError::NoRoute => "no_route",
@@ -147,7 +147,7 @@ impl ProxyError {
     }
 
     /// The JSON answer, for a request with id `rid`.
-    pub fn to_response(&self, rid: &str) -> Response<ProxyBody> {
+    pub(crate) fn to_response(&self, rid: &str) -> Response<ProxyBody> {
         let mut body = json!({
             "error": self.code(),
             "message": self.to_string(),
@@ -239,7 +239,10 @@ mod tests {
             cause: "the connection was reset".into(),
             source: Arc::new(outer),
         };
-        assert_eq!(e.to_string(), "could not reach Creatio: the connection was reset");
+        assert_eq!(
+            e.to_string(),
+            "could not reach Creatio: the connection was reset"
+        );
         assert_eq!(
             chain(&e),
             "could not reach Creatio: the connection was reset: inner cause"

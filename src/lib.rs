@@ -40,5 +40,3 @@ mod stack;
 mod state;
 mod telemetry;
 mod upstream;
-
-

@@ -37,7 +37,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The Content-Type of `/metrics`.
-pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 type Labels = Vec<(&'static str, String)>;
 type SecondsGauge = Gauge<f64, AtomicU64>;
@@ -54,7 +54,7 @@ fn latency_histogram() -> Histogram {
 
 /// Every metric the proxy keeps, and the registry that renders them.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
     upstream: HistogramFamily,
@@ -83,7 +83,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh set of metrics, all zero.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("creatio_proxy");
         let requests = Family::<Labels, Counter>::default();
         let upstream: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -183,7 +183,7 @@ impl Metrics {
     }
 
     /// Handles for one route (`None`: paths no route matches).
-    pub fn route(&self, prefix: Option<&str>) -> RouteMetrics {
+    pub(crate) fn route(&self, prefix: Option<&str>) -> RouteMetrics {
         let route = prefix.unwrap_or("-").to_string();
         RouteMetrics {
             upstream: self
@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// Handles for one identity.
-    pub fn identity(&self, name: &str, oauth2: bool) -> IdentityMetrics {
+    pub(crate) fn identity(&self, name: &str, oauth2: bool) -> IdentityMetrics {
         let labels = |extra: Option<&str>| {
             let mut l: Labels = vec![("identity", name.to_string())];
             if let Some(outcome) = extra {
@@ -225,7 +225,7 @@ impl Metrics {
     }
 
     /// Counts a config reload.
-    pub fn reload(&self, applied: bool) {
+    pub(crate) fn reload(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "refused" };
         self.reloads
             .get_or_create(&vec![("outcome", outcome.to_string())])
@@ -234,7 +234,7 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text format, after setting the state gauges
     /// from `identities`.
-    pub fn render(&self, identities: &[IdentityState]) -> String {
+    pub(crate) fn render(&self, identities: &[IdentityState]) -> String {
         // The state gauges are cleared and refilled: one scrape at a time, or a concurrent
         // one could miss them. (No await inside; a poisoned lock only means a past panic.)
         let _one_at_a_time = self
@@ -265,7 +265,7 @@ impl Metrics {
 
 /// What `/metrics` shows of one identity's state.
 #[derive(Debug, Clone)]
-pub struct IdentityState {
+pub(crate) struct IdentityState {
     /// Identity name.
     pub name: Arc<str>,
     /// Time until the next login attempt is allowed, if a back-off runs.
@@ -298,7 +298,7 @@ fn method_index(m: &Method) -> usize {
 /// One route's handles: a request counter per method and status class (made on first use,
 /// so only series that happened are shown) and the upstream latency histogram.
 #[derive(Debug)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     route: String,
     requests: Family<Labels, Counter>,
     counters: [[OnceLock<Counter>; 5]; 8],
@@ -308,7 +308,7 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Counts one answer to a client.
-    pub fn count(&self, method: &Method, status: u16) {
+    pub(crate) fn count(&self, method: &Method, status: u16) {
         let m = method_index(method);
         let s = usize::from(status / 100).clamp(1, 5) - 1;
         self.counters[m][s]
@@ -325,7 +325,7 @@ impl RouteMetrics {
 
 /// One identity's handles.
 #[derive(Debug, Clone)]
-pub struct IdentityMetrics {
+pub(crate) struct IdentityMetrics {
     name: String,
     logins: Family<Labels, Counter>,
     login_ok: Counter,
@@ -344,7 +344,7 @@ impl Default for IdentityMetrics {
 
 impl IdentityMetrics {
     /// A login or token request ended: `failure` is the diagnosis code when it failed.
-    pub fn login(&self, failure: Option<&'static str>) {
+    pub(crate) fn login(&self, failure: Option<&'static str>) {
         match failure {
             None => self.login_ok.inc(),
             Some(code) => self
@@ -358,13 +358,13 @@ impl IdentityMetrics {
     }
 
     /// A login was made to replace a session that stopped working.
-    pub fn relogin(&self) {
+    pub(crate) fn relogin(&self) {
         self.relogins.inc();
     }
 
     /// A replay after a re-login: it worked, it met an expired session again, or the body
     /// could not be replayed.
-    pub fn replay(&self, outcome: Replay) {
+    pub(crate) fn replay(&self, outcome: Replay) {
         match outcome {
             Replay::Ok => self.replay_ok.inc(),
             Replay::ExpiredAgain => self.replay_refused.inc(),
@@ -375,7 +375,7 @@ impl IdentityMetrics {
 
 /// How a replay ended.
 #[derive(Debug, Clone, Copy)]
-pub enum Replay {
+pub(crate) enum Replay {
     /// Creatio took it.
     Ok,
     /// Creatio answered "expired" again.

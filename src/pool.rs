@@ -40,10 +40,10 @@ use crate::body::{GiveBack, PeerBody, ProxyBody, Release};
 use crate::egress::{Connector, EgressError, EgressRules, Route};
 
 /// Idle connections kept at most.
-pub const MAX_IDLE: usize = 1024;
+pub(crate) const MAX_IDLE: usize = 1024;
 
 /// Longest time a connection may sit idle and still be used.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(55);
+pub(crate) const IDLE_LIMIT: Duration = Duration::from_secs(55);
 
 /// How often a request whose pooled connection turned out closed is tried on another one.
 const STALE_RETRIES: usize = 8;
@@ -52,7 +52,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failure to get an answer from Creatio.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP or TLS connection failed.
     #[error("connection failed: {1}")]
     Connect(ConnectKind, String),
@@ -63,7 +63,7 @@ pub enum UpstreamError {
 
 /// Why a connection could not be made; each has its own advice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectKind {
+pub(crate) enum ConnectKind {
     /// The host name did not resolve.
     Dns,
     /// Nothing listens at the address.
@@ -183,13 +183,17 @@ impl GiveBack for Pool {
 
 /// A handle on the pool; cheap to clone. Implements `tower::Service`.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pool: Arc<Pool>,
 }
 
 impl Upstream {
     /// A pool of connections to `origin` (scheme and authority) made by `connector`.
-    pub fn new(connector: HttpsConnector<Connector>, rules: Arc<EgressRules>, origin: Uri) -> Self {
+    pub(crate) fn new(
+        connector: HttpsConnector<Connector>,
+        rules: Arc<EgressRules>,
+        origin: Uri,
+    ) -> Self {
         let host = origin
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -211,19 +215,19 @@ impl Upstream {
     }
 
     /// A separate pool to another origin, with the same connector (TLS roots, timeouts).
-    pub fn sibling(&self, origin: Uri) -> Upstream {
+    pub(crate) fn sibling(&self, origin: Uri) -> Upstream {
         Upstream::new(self.pool.connector.clone(), self.pool.rules.clone(), origin)
     }
 
     /// How this pool's connections leave the host: `direct` or the egress proxy (no
     /// credentials), for the start-up log line.
-    pub fn egress(&self) -> String {
+    pub(crate) fn egress(&self) -> String {
         self.pool.rules.describe(&self.pool.origin)
     }
 
     /// Sends one request and returns Creatio's answer head; the body streams. The request's
     /// URI may be absolute; it is sent in origin form with Creatio's `Host`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<PeerBody>, UpstreamError> {

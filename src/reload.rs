@@ -103,7 +103,7 @@ impl Reloader {
 /// SIGHUP, caught from now on. Call it as early as possible: until a handler is installed,
 /// SIGHUP's default action ends the process (a `systemctl reload` right after `start`).
 /// Needs a Tokio runtime context.
-pub fn catch_sighup() -> Option<tokio::signal::unix::Signal> {
+pub(crate) fn catch_sighup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(hup) => Some(hup),
@@ -116,7 +116,7 @@ pub fn catch_sighup() -> Option<tokio::signal::unix::Signal> {
 
 /// Reloads the config file on every SIGHUP (caught by [`catch_sighup`]), until the process
 /// ends. A SIGHUP that arrived before this runs is handled at once.
-pub async fn reload_on_sighup(
+pub(crate) async fn reload_on_sighup(
     reloader: Reloader,
     path: PathBuf,
     mut hup: tokio::signal::unix::Signal,
@@ -126,4 +126,3 @@ pub async fn reload_on_sighup(
         let _ = reloader.reload_file(&path);
     }
 }
-

@@ -19,7 +19,7 @@ use crate::config::{Config, RouteConfig, Unmatched};
 
 /// What the route table decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteDecision {
+pub(crate) struct RouteDecision {
     /// Index of the identity (into the proxy's identity list).
     pub identity: usize,
     /// Apply the /ssp rule.
@@ -30,7 +30,7 @@ pub struct RouteDecision {
 
 /// The compiled route table; built once, read on every request.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Routes sorted by prefix length, longest first, with their original index.
     routes: Vec<(usize, RouteConfig)>,
     default: Option<usize>,
@@ -38,7 +38,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from a validated config.
-    pub fn new(config: &Config) -> RouteTable {
+    pub(crate) fn new(config: &Config) -> RouteTable {
         let mut routes: Vec<(usize, RouteConfig)> =
             config.routes.iter().cloned().enumerate().collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
@@ -72,7 +72,7 @@ impl RouteTable {
 /// leave a path that already carries it alone.
 ///
 /// `/0/rest/S/M` → `/0/ssp/rest/S/M`; `/rest/S/M` → `/ssp/rest/S/M`; `/0/ssp/x` unchanged.
-pub fn apply_ssp(path: &str) -> Cow<'_, str> {
+pub(crate) fn apply_ssp(path: &str) -> Cow<'_, str> {
     if starts_with_segment(path, "/0") {
         let rest = &path[2..];
         if starts_with_segment(rest, "/ssp") {
@@ -103,7 +103,7 @@ pub(crate) fn has_ssp(path: &str) -> bool {
 
 /// The inverse of [`apply_ssp`]: `/0/ssp/x` → `/0/x`, `/ssp/x` → `/x`; other paths unchanged.
 /// For a `Location` on an ssp route, so that following it matches the same route again.
-pub fn remove_ssp(path: &str) -> Cow<'_, str> {
+pub(crate) fn remove_ssp(path: &str) -> Cow<'_, str> {
     if starts_with_segment(path, "/0") && starts_with_segment(&path[2..], "/ssp") {
         return Cow::Owned(format!("/0{}", &path[6..]));
     }
@@ -204,6 +204,7 @@ mod tests {
             routes: table.routes.clone(),
             default: None,
         };
-        assert_eq!(deny.decide("/0/odata/Contact"), None);
+        let contact = CanonicalPath::parse("/0/odata/Contact").expect("canonical");
+        assert_eq!(deny.decide(&contact), None);
     }
 }

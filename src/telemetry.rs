@@ -20,7 +20,7 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber (once; later calls do nothing). `batched`: gather lines and
 /// write them in batches (for `run`); otherwise every line is written at once.
-pub fn init(log: &LogConfig, batched: bool) {
+pub(crate) fn init(log: &LogConfig, batched: bool) {
     let _ = ACCESS_OUTPUT.set((log.format, batched));
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
@@ -42,7 +42,7 @@ pub fn init(log: &LogConfig, batched: bool) {
 }
 
 /// Writes out whatever batched lines are waiting (call before the process exits).
-pub fn flush() {
+pub(crate) fn flush() {
     if let Some(batch) = BATCH.get() {
         batch.flush();
     }
@@ -59,7 +59,7 @@ static BATCH: OnceLock<Batch> = OnceLock::new();
 static ACCESS_OUTPUT: OnceLock<(LogFormat, bool)> = OnceLock::new();
 
 /// One request, as the access log records it.
-pub struct Access<'a> {
+pub(crate) struct Access<'a> {
     /// Request id (as sent back in `x-request-id`).
     pub request_id: &'a str,
     /// HTTP method.
@@ -86,7 +86,7 @@ pub struct Access<'a> {
 /// The line is formatted here rather than by the tracing formatter: this runs once per request,
 /// and the general-purpose formatter (field visitor, padding, styling) cost several per cent of
 /// a small request's CPU. The fields and layout are the same as the other log lines.
-pub fn access(record: &Access<'_>) {
+pub(crate) fn access(record: &Access<'_>) {
     if !tracing::enabled!(target: "creatio_proxy::access", Level::INFO) {
         return;
     }

@@ -34,7 +34,7 @@ pub enum ClientError {
 }
 
 /// Builds the connection pool to Creatio for `config`.
-pub fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
+pub(crate) fn build_upstream(config: &Config) -> Result<Upstream, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let (Some(path), Some(pem)) = (&config.ca_file, &config.ca_pem) {
@@ -158,7 +158,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ///
 /// One pass over the names first: most messages carry none of these headers, and a scan is
 /// much cheaper than a hashed lookup per listed header.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let any = headers
         .keys()
         .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE);
@@ -190,12 +190,12 @@ fn connection_named(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// The Creatio `BPMCSRF` header.
-pub static BPMCSRF_HEADER: HeaderName = HeaderName::from_static("bpmcsrf");
+pub(crate) static BPMCSRF_HEADER: HeaderName = HeaderName::from_static("bpmcsrf");
 
 /// Removes what the client must not send to Creatio: its own credentials (`Cookie`, `BPMCSRF`,
 /// `Authorization`, `X-Api-Key`), `Set-Cookie` lines some ESBs send back as request headers,
 /// and `Host` (the upstream's is set from the URL).
-pub fn strip_client_credentials(headers: &mut HeaderMap) {
+pub(crate) fn strip_client_credentials(headers: &mut HeaderMap) {
     let x_api_key = HeaderName::from_static("x-api-key");
     let any = headers.keys().any(|k| {
         k == header::COOKIE

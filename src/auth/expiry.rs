@@ -15,11 +15,11 @@
 use http::{header, HeaderMap, StatusCode};
 
 /// How much of an HTML answer is searched for login-page markers.
-pub const LOGIN_PAGE_SCAN: usize = 4096;
+pub(crate) const LOGIN_PAGE_SCAN: usize = 4096;
 
 /// The verdict on an answer's status and headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A normal answer: pass it on.
     Pass,
     /// The session expired.
@@ -29,7 +29,7 @@ pub enum Verdict {
 }
 
 /// Classifies an answer by status and headers alone.
-pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
+pub(crate) fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
     match status.as_u16() {
         401 => Verdict::Expired,
         301 | 302 | 303 | 307 | 308 => {
@@ -55,7 +55,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Verdict {
 }
 
 /// True when the `Content-Type` is `text/html` (any case, any parameters).
-pub fn is_html(headers: &HeaderMap) -> bool {
+pub(crate) fn is_html(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
             .get(..9)
@@ -67,7 +67,7 @@ pub fn is_html(headers: &HeaderMap) -> bool {
 /// (`NuiLogin.aspx`, `Login.html`, the portal's `SspLogin.aspx`), absolute or relative, any
 /// case. Another page that merely lives under a `Login` folder is not an expiry: replaying a
 /// request after such a redirect could run it twice.
-pub fn is_login_location(location: &str) -> bool {
+pub(crate) fn is_login_location(location: &str) -> bool {
     const PAGES: [&str; 3] = [
         "/login/nuilogin.aspx",
         "/login/login.html",
@@ -79,7 +79,7 @@ pub fn is_login_location(location: &str) -> bool {
 }
 
 /// True when the start of an HTML body is Creatio's login page.
-pub fn is_login_page(head: &[u8]) -> bool {
+pub(crate) fn is_login_page(head: &[u8]) -> bool {
     const MARKERS: [&[u8]; 4] = [
         b"nuilogin.aspx",
         b"indexform",
@@ -92,7 +92,7 @@ pub fn is_login_page(head: &[u8]) -> bool {
 
 /// True when the start of a 403 is Creatio's "Access to non-SSP API is denied for portal
 /// users" (reference, Addendum).
-pub fn is_non_ssp_refusal(head: &[u8]) -> bool {
+pub(crate) fn is_non_ssp_refusal(head: &[u8]) -> bool {
     contains_ci(head, b"non-ssp api")
 }
 

@@ -13,14 +13,14 @@ use cookie::Cookie;
 use http::HeaderValue;
 
 /// The name of Creatio's CSRF cookie and header.
-pub const BPMCSRF: &str = "BPMCSRF";
+pub(crate) const BPMCSRF: &str = "BPMCSRF";
 
 /// The cookie in which Creatio names the logged-in user.
-pub const USER_NAME: &str = "UserName";
+pub(crate) const USER_NAME: &str = "UserName";
 
 /// A set of cookies for one session.
 #[derive(Default, Clone)]
-pub struct Jar {
+pub(crate) struct Jar {
     cookies: Vec<Cookie<'static>>,
 }
 
@@ -36,7 +36,7 @@ impl std::fmt::Debug for Jar {
 impl Jar {
     /// Applies one `Set-Cookie` header value. Returns true when the jar changed.
     /// Unparsable values are ignored (a browser would ignore them too).
-    pub fn apply(&mut self, set_cookie: &HeaderValue) -> bool {
+    pub(crate) fn apply(&mut self, set_cookie: &HeaderValue) -> bool {
         let Ok(text) = set_cookie.to_str() else {
             return false;
         };
@@ -75,7 +75,7 @@ impl Jar {
     }
 
     /// The value of the first cookie called `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.cookies
             .iter()
             .find(|c| c.name() == name)
@@ -87,7 +87,10 @@ impl Jar {
     /// must not change the session (see [`crate::stack::session`]). A jar without `UserName`
     /// (an OAuth 2.0 identity, or a Creatio that does not set it) compares as empty, so any
     /// `UserName` then counts as a change.
-    pub fn changes_user<'a>(&self, set_cookies: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    pub(crate) fn changes_user<'a>(
+        &self,
+        set_cookies: impl IntoIterator<Item = &'a HeaderValue>,
+    ) -> bool {
         let current = self.get(USER_NAME).unwrap_or("");
         set_cookies.into_iter().any(|value| {
             let Some(cookie) = value.to_str().ok().and_then(|t| Cookie::parse(t).ok()) else {
@@ -100,17 +103,13 @@ impl Jar {
     }
 
     /// Number of cookies.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.cookies.len()
     }
 
-    /// True when there are no cookies.
-    pub fn is_empty(&self) -> bool {
-        self.cookies.is_empty()
-    }
-
     /// The `Cookie` request header for this jar, or `None` when empty.
-    pub fn cookie_header(&self) -> Option<HeaderValue> {
+    pub(crate) fn cookie_header(&self) -> Option<HeaderValue> {
         if self.cookies.is_empty() {
             return None;
         }
@@ -131,7 +130,7 @@ impl Jar {
     }
 
     /// The `BPMCSRF` request header: the BPMCSRF cookie's value.
-    pub fn csrf_header(&self) -> Option<HeaderValue> {
+    pub(crate) fn csrf_header(&self) -> Option<HeaderValue> {
         self.get(BPMCSRF)
             .and_then(|v| HeaderValue::from_str(v).ok())
     }
@@ -186,7 +185,10 @@ mod tests {
         let cases: &[(&[&str], bool)] = &[
             (&[".ASPXAUTH=renewed; path=/"], false),
             (&["UserName=83|117; path=/"], false),
-            (&["UserName=; expires=Mon, 11-Oct-1999 00:00:00 GMT; path=/"], false),
+            (
+                &["UserName=; expires=Mon, 11-Oct-1999 00:00:00 GMT; path=/"],
+                false,
+            ),
             (&[".ASPXAUTH=x; path=/", "UserName=80|111; path=/"], true),
             (&["username=80|111; path=/"], true),
             (&["garbage"], false),

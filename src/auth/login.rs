@@ -13,11 +13,11 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use crate::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::is_login_location;
 use super::{Jar, LoginContext};
 use crate::body::ProxyBody;
 use crate::config::{CreatioUrl, Secret};
+use crate::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
 use crate::pool::Upstream;
 
 /// Largest login or token answer read (Creatio's is ~150 bytes; an HTML page is cut here).

@@ -21,11 +21,10 @@
 //! starts one renewal in the background and goes on with the current token, and once the
 //! token is near its expiry it is never sent again (requests then wait for the new one).
 
-
-pub mod expiry;
-pub mod jar;
+pub(crate) mod expiry;
+pub(crate) mod jar;
 mod login;
-pub mod token;
+pub(crate) mod token;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,11 +39,11 @@ use crate::error::ProxyError;
 use crate::metrics::IdentityMetrics;
 use crate::pool::Upstream;
 
-pub use crate::diagnosis::{Diagnosis, LoginFailure, Server};
-pub use jar::Jar;
+pub(crate) use crate::diagnosis::{Diagnosis, LoginFailure, Server};
+pub(crate) use jar::Jar;
 
 /// One logged-in session (forms) or token (oauth2), as requests see it.
-pub struct Session {
+pub(crate) struct Session {
     /// Increases with every successful login of the identity.
     pub generation: u64,
     /// The `Cookie` line for Creatio (forms).
@@ -63,7 +62,7 @@ pub struct Session {
 
 impl Session {
     /// Seconds the token has left, if it expires.
-    pub fn expires_in(&self) -> Option<Duration> {
+    pub(crate) fn expires_in(&self) -> Option<Duration> {
         self.expires_at
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
@@ -93,7 +92,7 @@ impl std::fmt::Debug for Session {
 /// When a token of `lifetime`, asked for at `started`, is renewed and when it stops being
 /// sent. Renewal starts a fifth of the lifetime before expiry, at most 60 s before; the token
 /// is not sent in its last tenth (at most 5 s), so that it never arrives expired.
-pub fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, Instant) {
+pub(crate) fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, Instant) {
     // An absurd `expires_in` must not overflow the clock; a token is renewed at least monthly.
     let lifetime = lifetime.clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
     let lead = (lifetime / 5).min(Duration::from_secs(60));
@@ -106,7 +105,7 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Settings every login shares.
 #[derive(Clone)]
-pub struct LoginContext {
+pub(crate) struct LoginContext {
     /// The connection pool.
     pub client: Upstream,
     /// Where Creatio is.
@@ -130,7 +129,7 @@ impl std::fmt::Debug for LoginContext {
 
 impl LoginContext {
     /// Builds the context from a config and a client.
-    pub fn new(config: &Config, client: Upstream) -> Self {
+    pub(crate) fn new(config: &Config, client: Upstream) -> Self {
         LoginContext {
             client,
             creatio: config.creatio.clone(),
@@ -169,7 +168,7 @@ enum Fresh {
 }
 
 /// An identity and its session.
-pub struct Identity {
+pub(crate) struct Identity {
     name: Arc<str>,
     login: LoginConfig,
     /// oauth2: the pool to the Identity Service.
@@ -199,7 +198,7 @@ impl std::fmt::Debug for Identity {
 }
 
 /// Exponential back-off after `failures` consecutive failed logins.
-pub fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1))
         .unwrap_or(u32::MAX);
@@ -209,7 +208,11 @@ pub fn backoff_after(failures: u32, base: Duration, max: Duration) -> Duration {
 impl Identity {
     /// A new identity without a session. `client` is the pool to Creatio; an oauth2 identity
     /// gets its own pool to the Identity Service next to it.
-    pub fn new(config: &IdentityConfig, client: &Upstream, metrics: IdentityMetrics) -> Self {
+    pub(crate) fn new(
+        config: &IdentityConfig,
+        client: &Upstream,
+        metrics: IdentityMetrics,
+    ) -> Self {
         let token_client = match &config.login {
             LoginConfig::Forms { .. } => None,
             LoginConfig::OAuth2(o) => token::origin(o).map(|origin| client.sibling(origin)),
@@ -235,19 +238,19 @@ impl Identity {
     }
 
     /// The identity's metric handles.
-    pub fn metrics(&self) -> &IdentityMetrics {
+    pub(crate) fn metrics(&self) -> &IdentityMetrics {
         &self.metrics
     }
 
     /// True when `config` describes this identity exactly (same name, mode, user or client,
     /// and secret): a reloaded config keeps such an identity and its session.
-    pub fn same_config(&self, config: &IdentityConfig) -> bool {
+    pub(crate) fn same_config(&self, config: &IdentityConfig) -> bool {
         *self.name == *config.name && self.login.same(&config.login)
     }
 
     /// The last login failure and the time until the next attempt is allowed, while a
     /// back-off runs. `None` also while a login is under way (the answer is not known yet).
-    pub fn backoff(&self) -> Option<(LoginFailure, Duration)> {
+    pub(crate) fn backoff(&self) -> Option<(LoginFailure, Duration)> {
         let gate = self.gate.try_lock().ok()?;
         let at = gate.retry_at?;
         let left = at.checked_duration_since(Instant::now())?;
@@ -255,12 +258,12 @@ impl Identity {
     }
 
     /// The identity's name (`default` for `[auth]`).
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// Who it acts as, for messages: `user NAME` or `client ID`.
-    pub fn principal(&self) -> String {
+    pub(crate) fn principal(&self) -> String {
         match &self.login {
             LoginConfig::Forms { username, .. } => format!("user {username}"),
             LoginConfig::OAuth2(o) => format!("client {}", o.client_id),
@@ -268,23 +271,26 @@ impl Identity {
     }
 
     /// True for `mode = "oauth2"`.
-    pub fn is_oauth2(&self) -> bool {
+    pub(crate) fn is_oauth2(&self) -> bool {
         matches!(self.login, LoginConfig::OAuth2(_))
     }
 
     /// Successful logins (or token requests) so far.
-    pub fn logins(&self) -> u64 {
+    pub(crate) fn logins(&self) -> u64 {
         self.logins.load(Ordering::Relaxed)
     }
 
     /// The current session, if any; never waits.
-    pub fn current(&self) -> Option<Arc<Session>> {
+    pub(crate) fn current(&self) -> Option<Arc<Session>> {
         self.current.load_full()
     }
 
     /// The current session, logging in first when there is none (or the token has expired).
     /// A token near its end is renewed in the background while it is still being used.
-    pub async fn session(self: &Arc<Self>, ctx: &LoginContext) -> Result<Arc<Session>, ProxyError> {
+    pub(crate) async fn session(
+        self: &Arc<Self>,
+        ctx: &LoginContext,
+    ) -> Result<Arc<Session>, ProxyError> {
         let Some(s) = self.current.load_full() else {
             return self.renew(ctx, None).await;
         };
@@ -307,7 +313,7 @@ impl Identity {
     /// The renewal runs in its own task: a client that hangs up while a login is under way
     /// cancels only its wait, never the login, so every attempt is counted and the back-off
     /// always applies.
-    pub async fn renew(
+    pub(crate) async fn renew(
         self: &Arc<Self>,
         ctx: &LoginContext,
         stale: Option<u64>,
@@ -392,7 +398,7 @@ impl Identity {
     /// `/readyz` stays true). With no token left after failures, it tries again after the
     /// longest back-off. The task ends when the identity is dropped. Forms sessions slide
     /// with use and need no keeper.
-    pub fn keep_fresh(self: &Arc<Self>, ctx: &LoginContext) {
+    pub(crate) fn keep_fresh(self: &Arc<Self>, ctx: &LoginContext) {
         if !self.is_oauth2() || self.kept.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -593,7 +599,7 @@ impl Identity {
     /// from an expired session. Logging in again for every such request would open a Creatio
     /// session per request, so after each such refusal re-logins pause on the login back-off
     /// schedule; a replay that works ends the pause.
-    pub fn relogin_paused(&self) -> Option<Duration> {
+    pub(crate) fn relogin_paused(&self) -> Option<Duration> {
         let guard = self.relogin.lock().ok()?;
         let until = guard.until?;
         let now = Instant::now();
@@ -601,7 +607,7 @@ impl Identity {
     }
 
     /// Records that a replay after a fresh login was refused again.
-    pub fn replay_refused(&self, ctx: &LoginContext) {
+    pub(crate) fn replay_refused(&self, ctx: &LoginContext) {
         if let Ok(mut guard) = self.relogin.lock() {
             guard.refusals = guard.refusals.saturating_add(1);
             let wait = backoff_after(guard.refusals, ctx.backoff, ctx.backoff_max);
@@ -615,7 +621,7 @@ impl Identity {
     }
 
     /// Records that a replay after a fresh login worked.
-    pub fn replay_worked(&self) {
+    pub(crate) fn replay_worked(&self) {
         if let Ok(mut guard) = self.relogin.lock() {
             if guard.refusals != 0 || guard.until.is_some() {
                 *guard = ReloginGuard::default();
@@ -636,7 +642,7 @@ impl Identity {
     /// identities, whose requests never carry cookies. Refused whole when the lines would make
     /// the session another user's ([`Jar::changes_user`]). The session layer decides which
     /// answers get here at all ([`crate::stack::session`]).
-    pub fn absorb(&self, generation: u64, headers: &HeaderMap) -> Absorbed {
+    pub(crate) fn absorb(&self, generation: u64, headers: &HeaderMap) -> Absorbed {
         if self.is_oauth2() {
             return Absorbed::Unchanged;
         }
@@ -677,7 +683,7 @@ impl Identity {
 
 /// What [`Identity::absorb`] did with an answer's cookies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Absorbed {
+pub(crate) enum Absorbed {
     /// Nothing changed (same values, a stale generation, or an oauth2 identity).
     Unchanged,
     /// The jar took the new values.

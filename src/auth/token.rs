@@ -16,18 +16,18 @@ use base64::Engine as _;
 use http::{header, HeaderValue, Method, Request, Uri};
 use serde::Deserialize;
 
-use crate::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
 use super::expiry::{is_html, is_login_location, is_login_page};
 use super::login::{exchange, location_of, looks_html};
 use crate::body::ProxyBody;
 use crate::config::{ClientAuth, CreatioUrl, OAuth2Config};
+use crate::diagnosis::{quoted, Diagnosis, LoginFailure, Server};
 use crate::pool::Upstream;
 
 /// Lifetime assumed when the answer has no `expires_in`: Creatio's default (reference §8).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// A bearer token, ready to send.
-pub struct Token {
+pub(crate) struct Token {
     /// `Bearer <access_token>`, marked sensitive.
     pub authorization: HeaderValue,
     /// `expires_in`.
@@ -48,7 +48,7 @@ fn fail(diagnosis: Diagnosis, message: impl Into<String>) -> LoginFailure {
 }
 
 /// The `Uri` of the token endpoint's origin, for its connection pool.
-pub fn origin(config: &OAuth2Config) -> Option<Uri> {
+pub(crate) fn origin(config: &OAuth2Config) -> Option<Uri> {
     Uri::builder()
         .scheme(config.token_url.scheme.clone())
         .authority(config.token_url.authority.clone())

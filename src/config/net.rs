@@ -309,7 +309,11 @@ pub(crate) fn parse_creatio_url(v: Option<&str>) -> Result<CreatioUrl, ConfigErr
             &base_path[..at]
         )));
     }
-    let path = if base_path.is_empty() { "/" } else { &base_path };
+    let path = if base_path.is_empty() {
+        "/"
+    } else {
+        &base_path
+    };
     match crate::canonical::CanonicalPath::parse(path) {
         Err(crate::canonical::PathError::DotSegment) => {
             return Err(url.bad("contains a '.' or '..' segment"));

@@ -24,8 +24,8 @@ use serde_json::{json, Map, Value};
 
 use super::state::{Auth, LoginOutcome, NewSession, Shared};
 use super::wire::{
-    aspnet_url_encode, cooked_path, CookedPathError, http_date, parse_resource, segments, strip_base, strip_segment,
-    strip_suffix_ci,
+    aspnet_url_encode, cooked_path, http_date, parse_resource, segments, strip_base, strip_segment,
+    strip_suffix_ci, CookedPathError,
 };
 use super::{fnv1a64, pages, ExpiredResponse, Flavour, SeenRequest, Upload, FNV_OFFSET};
 

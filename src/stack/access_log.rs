@@ -258,8 +258,14 @@ mod tests {
                 })
                 .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
         };
-        assert_eq!(line("/0/rest/UsrPortalService", "2xx").as_deref(), Some("1"));
-        assert_eq!(line("/0/rest/UsrPortalService", "5xx").as_deref(), Some("1"));
+        assert_eq!(
+            line("/0/rest/UsrPortalService", "2xx").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line("/0/rest/UsrPortalService", "5xx").as_deref(),
+            Some("1")
+        );
         assert_eq!(line("-", "2xx").as_deref(), Some("1"), "{text}");
         assert_eq!(line("-", "4xx").as_deref(), Some("1"), "{text}");
     }

@@ -119,13 +119,43 @@ mod tests {
         let cases: &[(&str, &[&str], &[(&str, &str)], bool)] = &[
             ("no tokens configured: all admitted", &[], &[], true),
             ("token required, none sent", &["t0k3n"], &[], false),
-            ("bearer token", &["t0k3n"], &[("authorization", "Bearer t0k3n")], true),
-            ("bearer, any case, spaces", &["t0k3n"], &[("authorization", "bEaReR  t0k3n ")], true),
-            ("wrong bearer", &["t0k3n"], &[("authorization", "Bearer wrong")], false),
-            ("basic is not a token", &["t0k3n"], &[("authorization", "Basic t0k3n")], false),
+            (
+                "bearer token",
+                &["t0k3n"],
+                &[("authorization", "Bearer t0k3n")],
+                true,
+            ),
+            (
+                "bearer, any case, spaces",
+                &["t0k3n"],
+                &[("authorization", "bEaReR  t0k3n ")],
+                true,
+            ),
+            (
+                "wrong bearer",
+                &["t0k3n"],
+                &[("authorization", "Bearer wrong")],
+                false,
+            ),
+            (
+                "basic is not a token",
+                &["t0k3n"],
+                &[("authorization", "Basic t0k3n")],
+                false,
+            ),
             ("api key", &["t0k3n"], &[("x-api-key", "t0k3n")], true),
-            ("second of two tokens", &["a", "t0k3n"], &[("x-api-key", "t0k3n")], true),
-            ("prefix of a token", &["t0k3n"], &[("x-api-key", "t0k3")], false),
+            (
+                "second of two tokens",
+                &["a", "t0k3n"],
+                &[("x-api-key", "t0k3n")],
+                true,
+            ),
+            (
+                "prefix of a token",
+                &["t0k3n"],
+                &[("x-api-key", "t0k3")],
+                false,
+            ),
         ];
         for (name, tokens, headers, want) in cases {
             let layer = AdmissionLayer::new(tokens.iter().map(|t| Secret::new(*t)).collect());

@@ -179,21 +179,69 @@ mod tests {
     fn every_spelling_of_login_and_logout_is_answered_locally() {
         let p = |s: &str| CanonicalPath::parse(s).expect(s);
         let cases: &[(Method, &str, Option<LocalAuth>)] = &[
-            (Method::POST, "/ServiceModel/AuthService.svc/Login", Some(LocalAuth::Login)),
-            (Method::POST, "/ServiceModel/AuthService.svc/Logi%6E", Some(LocalAuth::Login)),
-            (Method::POST, "/ServiceModel/AuthService%2Esvc/Login", Some(LocalAuth::Login)),
-            (Method::POST, "/servicemodel/authservice.svc/login/", Some(LocalAuth::Login)),
-            (Method::POST, "//ServiceModel//AuthService.svc/Login", Some(LocalAuth::Login)),
-            (Method::POST, "/0/ServiceModel/AuthService.svc/Login", Some(LocalAuth::Login)),
-            (Method::POST, "/%53erviceModel/AuthService.svc/LOGIN", Some(LocalAuth::Login)),
-            (Method::GET, "/ServiceModel/AuthService.svc/Login", Some(LocalAuth::LoginMethodNotAllowed)),
-            (Method::PUT, "/ServiceModel/AuthService.svc/Login", Some(LocalAuth::LoginMethodNotAllowed)),
-            (Method::GET, "/ServiceModel/AuthService.svc/Logout", Some(LocalAuth::Logout)),
-            (Method::POST, "/ServiceModel/AuthService.svc/Logou%74", Some(LocalAuth::Logout)),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/Login",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/Logi%6E",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService%2Esvc/Login",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "/servicemodel/authservice.svc/login/",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "//ServiceModel//AuthService.svc/Login",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "/0/ServiceModel/AuthService.svc/Login",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::POST,
+                "/%53erviceModel/AuthService.svc/LOGIN",
+                Some(LocalAuth::Login),
+            ),
+            (
+                Method::GET,
+                "/ServiceModel/AuthService.svc/Login",
+                Some(LocalAuth::LoginMethodNotAllowed),
+            ),
+            (
+                Method::PUT,
+                "/ServiceModel/AuthService.svc/Login",
+                Some(LocalAuth::LoginMethodNotAllowed),
+            ),
+            (
+                Method::GET,
+                "/ServiceModel/AuthService.svc/Logout",
+                Some(LocalAuth::Logout),
+            ),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/Logou%74",
+                Some(LocalAuth::Logout),
+            ),
             (Method::POST, "/0/odata/Contact", None),
             (Method::POST, "/ServiceModel/AuthService.svc/LoginX", None),
             (Method::POST, "/ServiceModel/XAuthService.svc/Login", None),
-            (Method::POST, "/éaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", None),
+            (
+                Method::POST,
+                "/éaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                None,
+            ),
         ];
         for (method, path, want) in cases {
             assert_eq!(local_auth(method, &p(path)), *want, "{method} {path}");

@@ -109,7 +109,11 @@ mod tests {
     async fn errors_become_json_answers_that_carry_the_error() {
         let cases = [
             (ProxyError::NoRoute, StatusCode::NOT_FOUND, "no_route"),
-            (ProxyError::Unauthorized, StatusCode::UNAUTHORIZED, "client_unauthorized"),
+            (
+                ProxyError::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "client_unauthorized",
+            ),
             (
                 ProxyError::UpstreamTimeout(std::time::Duration::from_secs(3)),
                 StatusCode::GATEWAY_TIMEOUT,
@@ -124,7 +128,11 @@ mod tests {
             let mut req = Request::new(());
             req.extensions_mut()
                 .insert(RequestId(HeaderValue::from_static("rid-1")));
-            let r = ErrorLayer.layer(failing).oneshot(req).await.expect("infallible");
+            let r = ErrorLayer
+                .layer(failing)
+                .oneshot(req)
+                .await
+                .expect("infallible");
             assert_eq!(r.status(), status, "{code}");
             assert_eq!(
                 r.extensions().get::<Arc<ProxyError>>().map(|e| e.code()),

@@ -63,11 +63,9 @@ where
             DecidedProj::Boxed { future } => future.as_mut().poll(cx),
             // Polled again after completion: a bug in the caller; answer with an error
             // rather than panic.
-            DecidedProj::Ready { outcome } => Poll::Ready(
-                outcome
-                    .take()
-                    .unwrap_or(Err(ProxyError::Internal("a finished answer was polled again"))),
-            ),
+            DecidedProj::Ready { outcome } => Poll::Ready(outcome.take().unwrap_or(Err(
+                ProxyError::Internal("a finished answer was polled again"),
+            ))),
         }
     }
 }

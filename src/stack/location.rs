@@ -175,8 +175,12 @@ mod tests {
     /// Answers 201 with the location it is given.
     fn created(
         location: &'static str,
-    ) -> impl Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError, Future = impl Send>
-           + Clone {
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<ProxyBody>,
+        Error = ProxyError,
+        Future = impl Send,
+    > + Clone {
         tower::service_fn(move |_req: Request<()>| async move {
             let mut r = Response::new(ProxyBody::Empty);
             r.headers_mut()
@@ -200,14 +204,24 @@ mod tests {
                 Some("127.0.0.1:5080"),
                 "http://127.0.0.1:5080?x=1",
             ),
-            ("https://other.example/0/x", false, Some("p:1"), "https://other.example/0/x"),
+            (
+                "https://other.example/0/x",
+                false,
+                Some("p:1"),
+                "https://other.example/0/x",
+            ),
             (
                 "https://acme.creatio.com/CreatioWebApp2/0/x",
                 false,
                 Some("p:1"),
                 "https://acme.creatio.com/CreatioWebApp2/0/x",
             ),
-            ("/Login/NuiLogin.aspx", false, Some("p:1"), "/Login/NuiLogin.aspx"),
+            (
+                "/Login/NuiLogin.aspx",
+                false,
+                Some("p:1"),
+                "/Login/NuiLogin.aspx",
+            ),
             (
                 "https://acme.creatio.com/CreatioWebApp/0/ssp/odata/Case(7)?a=/ssp",
                 true,
@@ -233,7 +247,11 @@ mod tests {
                 path: CanonicalPath::parse("/0/x").expect("path"),
                 client_host: host.map(HeaderValue::from_static),
             });
-            let r = layer.layer(created(from)).oneshot(req).await.expect("answer");
+            let r = layer
+                .layer(created(from))
+                .oneshot(req)
+                .await
+                .expect("answer");
             assert_eq!(r.headers()[header::LOCATION], *to, "{from}");
         }
     }

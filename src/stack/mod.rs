@@ -70,7 +70,11 @@ pub(crate) type Stack = RequestId<
         Errors<
             SetSensitiveRequestHeaders<
                 Admission<
-                    Route<ClientLogin<Location<PortalHint<Recover<SessionService<Forward<Upstream>>>>>>>,
+                    Route<
+                        ClientLogin<
+                            Location<PortalHint<Recover<SessionService<Forward<Upstream>>>>>,
+                        >,
+                    >,
                 >,
             >,
         >,
@@ -126,7 +130,10 @@ pub(crate) fn build(parts: &Parts<'_>) -> Stack {
         .layer(ErrorLayer)
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
         .layer(AdmissionLayer::new(config.client_tokens.clone()))
-        .layer(RouteLayer::new(RouteTable::new(config), config.creatio.clone()))
+        .layer(RouteLayer::new(
+            RouteTable::new(config),
+            config.creatio.clone(),
+        ))
         .layer(ClientLoginLayer::new(
             parts.identities.clone(),
             parts.login.clone(),

@@ -202,8 +202,12 @@ mod tests {
     fn answering(
         status: u16,
         body: &'static str,
-    ) -> impl Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError, Future = impl Send>
-           + Clone {
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<ProxyBody>,
+        Error = ProxyError,
+        Future = impl Send,
+    > + Clone {
         tower::service_fn(move |_req: Request<()>| async move {
             let mut r = Response::new(ProxyBody::full(body));
             *r.status_mut() = StatusCode::from_u16(status).expect("status");

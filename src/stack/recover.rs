@@ -118,7 +118,11 @@ enum Prepared {
 }
 
 /// Rule 1.
-async fn prepare(body: ProxyBody, limit: usize, deadline: Duration) -> Result<Prepared, ProxyError> {
+async fn prepare(
+    body: ProxyBody,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Prepared, ProxyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(Bytes::new()));
     }
@@ -180,11 +184,16 @@ where
         .ok_or(ProxyError::Internal("no route decision"))?;
     let (parts, body) = req.into_parts();
     let (first, replay) = match prepare(body, settings.replay_limit, settings.timeout).await? {
-        Prepared::Replayable(bytes) => (ProxyBody::full(bytes.clone()), Some((parts.clone(), bytes))),
+        Prepared::Replayable(bytes) => {
+            (ProxyBody::full(bytes.clone()), Some((parts.clone(), bytes)))
+        }
         Prepared::Streaming(body) => (body, None),
     };
     let response = inner.call(Request::from_parts(parts, first)).await?;
-    let sent_with = response.extensions().get::<SentWith>().map(|s| s.generation);
+    let sent_with = response
+        .extensions()
+        .get::<SentWith>()
+        .map(|s| s.generation);
     match inspect(response, settings.timeout).await? {
         Some(response) => Ok(with_outcome(response, false)),
         // The rare path is boxed so the common path's future stays small.
@@ -211,7 +220,9 @@ where
     }
     // Generation 0 is never a session's: "renew whatever is current" when the answer did not
     // say which session it was sent with.
-    identity.renew(&settings.login, Some(stale.unwrap_or(0))).await?;
+    identity
+        .renew(&settings.login, Some(stale.unwrap_or(0)))
+        .await?;
     let Some((parts, bytes)) = replay else {
         identity.metrics().replay(Replay::NotReplayable);
         return Err(ProxyError::ExpiredDuringUpload);

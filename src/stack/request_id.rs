@@ -136,7 +136,8 @@ mod tests {
     use tower::ServiceExt;
 
     /// Echoes the id the layer put in the extensions as the answer's body.
-    fn echo_id() -> impl Service<Request<()>, Response = Response<String>, Error = std::convert::Infallible>
+    fn echo_id(
+    ) -> impl Service<Request<()>, Response = Response<String>, Error = std::convert::Infallible>
     {
         tower::service_fn(|req: Request<()>| async move {
             let id = req
@@ -171,7 +172,11 @@ mod tests {
                 .await
                 .expect("answer");
             let header = response.headers()[&X_REQUEST_ID].to_str().expect("ascii");
-            assert_eq!(header, response.body(), "{name}: header and extension agree");
+            assert_eq!(
+                header,
+                response.body(),
+                "{name}: header and extension agree"
+            );
             if *kept {
                 assert_eq!(Some(header), *sent, "{name}");
             } else {

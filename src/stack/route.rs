@@ -126,7 +126,11 @@ pub(crate) fn upstream_uri(
     ssp: bool,
 ) -> Result<Uri, ProxyError> {
     let encoded = path.encoded();
-    let target: Cow<'_, str> = if ssp { apply_ssp(&encoded) } else { encoded.clone() };
+    let target: Cow<'_, str> = if ssp {
+        apply_ssp(&encoded)
+    } else {
+        encoded.clone()
+    };
     let unchanged = !ssp && creatio.base_path.is_empty() && path.is_spelled(client.path());
     let path_and_query = match client.path_and_query() {
         Some(pq) if unchanged => pq.clone(),
@@ -208,9 +212,15 @@ mod tests {
             ),
             (
                 "/0/odata/Contact%28guid%27x%27%29?$top=1",
-                Ok(("/0/odata/Contact(guid'x')?$top=1", "Some((0, false, \"/0/odata/Contact(guid'x')\"))")),
+                Ok((
+                    "/0/odata/Contact(guid'x')?$top=1",
+                    "Some((0, false, \"/0/odata/Contact(guid'x')\"))",
+                )),
             ),
-            ("/0/odata/Name%20x", Ok(("/0/odata/Name%20x", "Some((0, false, \"/0/odata/Name x\"))"))),
+            (
+                "/0/odata/Name%20x",
+                Ok(("/0/odata/Name%20x", "Some((0, false, \"/0/odata/Name x\"))")),
+            ),
             ("/0/rest/UsrPortalService;a/GetCases", Err("ambiguous_path")),
             ("/0/rest/UsrPortalService%2FGetCases", Err("ambiguous_path")),
             ("/0/rest/%2e%2e/odata/Contact", Err("dot_segment_in_path")),
@@ -220,7 +230,11 @@ mod tests {
             let got = layer(CONFIG).layer(record()).oneshot(req).await;
             match (want, got) {
                 (Ok((uri, decision)), Ok(r)) => {
-                    assert_eq!(r.headers()["x-uri"], format!("{base}{uri}").as_str(), "{path}");
+                    assert_eq!(
+                        r.headers()["x-uri"],
+                        format!("{base}{uri}").as_str(),
+                        "{path}"
+                    );
                     let body = http_body_util::BodyExt::collect(r.into_body())
                         .await
                         .expect("body")
@@ -239,8 +253,13 @@ mod tests {
         let req = Request::get("/0/odata/Contact").body(()).expect("request");
         let got = layer(&deny).layer(record()).oneshot(req).await;
         assert!(matches!(got, Err(ProxyError::NoRoute)));
-        let req = Request::get("/0/rest/usrportal%73ervice/x").body(()).expect("request");
+        let req = Request::get("/0/rest/usrportal%73ervice/x")
+            .body(())
+            .expect("request");
         let got = layer(&deny).layer(record()).oneshot(req).await;
-        assert!(got.is_ok(), "a spelling of the route's prefix is served by the route");
+        assert!(
+            got.is_ok(),
+            "a spelling of the route's prefix is served by the route"
+        );
     }
 }

@@ -203,15 +203,35 @@ mod tests {
         let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
             (
                 &[],
-                &[("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c"), ("forceusesession", "true")],
+                &[
+                    ("cookie", ".ASPXAUTH=t; BPMCSRF=c"),
+                    ("bpmcsrf", "c"),
+                    ("forceusesession", "true"),
+                ],
             ),
             (
-                &[("cookie", "mine=1"), ("bpmcsrf", "x"), ("set-cookie", ".ASPXAUTH=stolen"), ("authorization", "Basic eA=="), ("x-api-key", "k"), ("accept", "*/*")],
-                &[("accept", "*/*"), ("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c"), ("forceusesession", "true")],
+                &[
+                    ("cookie", "mine=1"),
+                    ("bpmcsrf", "x"),
+                    ("set-cookie", ".ASPXAUTH=stolen"),
+                    ("authorization", "Basic eA=="),
+                    ("x-api-key", "k"),
+                    ("accept", "*/*"),
+                ],
+                &[
+                    ("accept", "*/*"),
+                    ("cookie", ".ASPXAUTH=t; BPMCSRF=c"),
+                    ("bpmcsrf", "c"),
+                    ("forceusesession", "true"),
+                ],
             ),
             (
                 &[("forceusesession", "false")],
-                &[("forceusesession", "false"), ("cookie", ".ASPXAUTH=t; BPMCSRF=c"), ("bpmcsrf", "c")],
+                &[
+                    ("forceusesession", "false"),
+                    ("cookie", ".ASPXAUTH=t; BPMCSRF=c"),
+                    ("bpmcsrf", "c"),
+                ],
             ),
         ];
         for (sent, want) in cases {
@@ -224,8 +244,10 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
-            let mut want: Vec<(String, String)> =
-                want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut want: Vec<(String, String)> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             got.sort();
             want.sort();
             assert_eq!(got, want, "{sent:?}");

@@ -1,6 +1,6 @@
 //! Shared test helpers: the emulator and the proxy in-process on 127.0.0.1 ephemeral ports,
 //! and a plain hyper client (which never follows redirects).
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

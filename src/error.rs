@@ -232,7 +232,7 @@ mod tests {
         let e = ProxyError::Path(PathError::EncodedSlash);
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.code(), "ambiguous_path");
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "inner cause");
+        let io = std::io::Error::other("inner cause");
         let outer = UpstreamError::Exchange(io.to_string());
         let e = ProxyError::Unreachable {
             target: "crm:443".into(),

@@ -116,7 +116,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_requests_with_a_token_are_admitted_when_tokens_are_set() {
-        let cases: &[(&str, &[&str], &[(&str, &str)], bool)] = &[
+        /// (name, configured tokens, headers sent, admitted)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case<'_>] = &[
             ("no tokens configured: all admitted", &[], &[], true),
             ("token required, none sent", &["t0k3n"], &[], false),
             (

@@ -222,8 +222,16 @@ mod tests {
             identities: vec![Arc::from("default"), Arc::from("portal")],
             timeout: Duration::from_secs(5),
         });
-        // (status, body, route, ssp route, path, hint expected)
-        let cases: &[(u16, &'static str, Option<usize>, bool, &str, Option<&str>)] = &[
+        /// (status, body, route, ssp route, path, hint expected)
+        type Case = (
+            u16,
+            &'static str,
+            Option<usize>,
+            bool,
+            &'static str,
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
             (403, REFUSAL, Some(0), false, "/0/rest/UsrPortalService/Get", Some("set ssp = true on the route with prefix \"/0/rest/UsrPortalService\" (identity \"portal\")")),
             (403, REFUSAL, None, false, "/0/odata/Case", Some("add a [[routes]] entry for this path with ssp = true and identity = \"portal\"")),
             (403, "{\"Message\":\"denied\"}", Some(0), false, "/0/rest/UsrPortalService/Get", None),

@@ -197,7 +197,9 @@ mod tests {
     async fn every_spelling_is_routed_and_forwarded_as_its_canonical_form() {
         let base = "http://crm.local:8080/CreatioWebApp";
         let portal = "Some((1, true, \"/0/rest/UsrPortalService/GetCases\"))";
-        let cases: &[(&str, Result<(&str, &str), &str>)] = &[
+        /// (client path, Ok((Creatio's path, decision)) or Err(error code))
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
+        let cases: &[Case<'_>] = &[
             (
                 "/0/rest/UsrPortalService/GetCases?a=%2F&b",
                 Ok(("/0/ssp/rest/UsrPortalService/GetCases?a=%2F&b", portal)),

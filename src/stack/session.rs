@@ -200,7 +200,9 @@ mod tests {
             refresh_at: None,
             expires_at: None,
         };
-        let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+        /// (headers the client sent, headers Creatio gets)
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Headers<'_>, Headers<'_>)] = &[
             (
                 &[],
                 &[

@@ -441,4 +441,50 @@ mod tests {
         assert!(!p("/0/rest/UsrPortalServiceX").starts_with_segments("/0/rest/UsrPortalService"));
         assert!(p("/anything").starts_with_segments("/"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Raw paths built from the characters that matter: separators, escapes (valid and
+        /// broken), dots, `;`, backslashes, letters, and non-ASCII.
+        fn raw_path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_string()),
+                Just("//".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just(";".to_string()),
+                Just("\\".to_string()),
+                Just("%".to_string()),
+                "[a-zA-Z0-9_~-]{1,4}",
+                any::<u8>().prop_map(|b| format!("%{b:02X}")),
+                any::<u8>().prop_map(|b| format!("%{b:02x}")),
+                "[\\PC]{1,2}",
+            ];
+            prop::collection::vec(piece, 0..12).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn canonical_form_is_a_fixed_point_without_dot_segments(raw in raw_path()) {
+                if let Ok(p) = CanonicalPath::parse(&raw) {
+                    let again = CanonicalPath::parse(&p.encoded());
+                    prop_assert_eq!(again, Ok(p.clone()));
+                    let decoded = CanonicalPath::parse(p.as_str());
+                    prop_assert_eq!(decoded, Ok(p.clone()));
+                    prop_assert!(p.as_str().starts_with('/'));
+                    prop_assert!(!p.as_str().contains("//"));
+                    prop_assert!(!p.as_str().contains('%'));
+                    prop_assert!(!p.as_str().contains('\\'));
+                    for segment in p.as_str().split('/') {
+                        prop_assert!(segment != "." && segment != "..", "{}", raw);
+                        prop_assert!(!segment.ends_with('.') && !segment.contains(';'), "{}", raw);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -207,4 +207,109 @@ mod tests {
         let contact = CanonicalPath::parse("/0/odata/Contact").expect("canonical");
         assert_eq!(deny.decide(&contact), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Prefixes that share segments and differ in case only where the config allows.
+        const PREFIXES: [&str; 5] = [
+            "/0/rest",
+            "/0/rest/UsrPortalService",
+            "/0/rest/UsrPortalServiceX",
+            "/0/odata/Case",
+            "/ssp",
+        ];
+
+        fn table() -> RouteTable {
+            let mut routes: Vec<(usize, RouteConfig)> = PREFIXES
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        i,
+                        RouteConfig {
+                            prefix: (*p).into(),
+                            ssp: i % 2 == 0,
+                            identity: i,
+                        },
+                    )
+                })
+                .collect();
+            routes.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
+            RouteTable {
+                routes,
+                default: Some(99),
+            }
+        }
+
+        /// A canonical path from the prefixes' own segments and a few others.
+        fn canonical() -> impl Strategy<Value = String> {
+            let segment = prop_oneof![
+                Just("0"),
+                Just("rest"),
+                Just("odata"),
+                Just("UsrPortalService"),
+                Just("UsrPortalServiceX"),
+                Just("Case"),
+                Just("Case(1)"),
+                Just("ssp"),
+                Just("GetCases"),
+            ];
+            prop::collection::vec(segment, 1..6).prop_map(|s| format!("/{}", s.join("/")))
+        }
+
+        /// Another spelling of `path`: each character kept, case-flipped or percent-encoded,
+        /// each `/` maybe doubled.
+        fn respell(path: &str, choices: &[u8]) -> String {
+            let mut out = String::new();
+            for (c, choice) in path.chars().zip(choices.iter().cycle()) {
+                match (c, choice % 4) {
+                    ('/', 0) => out.push_str("//"),
+                    ('/', _) => out.push('/'),
+                    (c, 1) if c.is_ascii_alphabetic() => out.push(if c.is_ascii_uppercase() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c.to_ascii_uppercase()
+                    }),
+                    (c, 2) => out.push_str(&format!("%{:02X}", c as u32)),
+                    (c, 3) => out.push_str(&format!("%{:02x}", c as u32)),
+                    (c, _) => out.push(c),
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn every_spelling_of_a_path_takes_its_one_route(
+                path in canonical(),
+                choices in prop::collection::vec(any::<u8>(), 1..40),
+            ) {
+                let table = table();
+                let canonical = CanonicalPath::parse(&path).expect("canonical");
+                let decided = table.decide(&canonical);
+                // At most one route matches with the longest prefix.
+                let longest = PREFIXES
+                    .iter()
+                    .filter(|p| canonical.starts_with_segments(p))
+                    .map(|p| p.len())
+                    .max();
+                if let Some(len) = longest {
+                    let ties = PREFIXES
+                        .iter()
+                        .filter(|p| p.len() == len && canonical.starts_with_segments(p))
+                        .count();
+                    prop_assert_eq!(ties, 1);
+                    prop_assert_eq!(decided.and_then(|d| d.route).map(|r| PREFIXES[r].len()), Some(len));
+                }
+                let spelled = respell(&path, &choices);
+                let parsed = CanonicalPath::parse(&spelled).expect("a respelling has a canonical form");
+                prop_assert!(parsed.as_str().eq_ignore_ascii_case(canonical.as_str()), "{} -> {}", spelled, parsed);
+                prop_assert_eq!(table.decide(&parsed), decided, "{}", spelled);
+            }
+        }
+    }
 }

@@ -247,4 +247,63 @@ mod tests {
             assert_eq!(local_auth(method, &p(path)), *want, "{method} {path}");
         }
     }
+
+    #[tokio::test]
+    async fn a_clients_login_is_answered_here_and_other_requests_pass() {
+        use crate::stack::testing::{fixture, routed, Scripted};
+        use tower::ServiceExt;
+        let f = fixture("").await;
+        let creatio = Scripted::new(vec![(StatusCode::OK, vec![], "creatio")]);
+        let layer = ClientLoginLayer::new(f.identities.clone(), f.login.clone());
+        // (method, path, identity, status, body starts with, reached Creatio)
+        let cases = [
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/Logi%6E",
+                1,
+                200,
+                "{\"Code\":0",
+                false,
+            ),
+            (
+                Method::GET,
+                "/ServiceModel/AuthService.svc/Login",
+                1,
+                405,
+                "{\"Message\"",
+                false,
+            ),
+            (
+                Method::GET,
+                "/ServiceModel/AuthService.svc/Logout",
+                0,
+                200,
+                "{}",
+                false,
+            ),
+            (Method::GET, "/0/odata/Contact", 0, 200, "creatio", true),
+        ];
+        for (method, path, identity, status, body, reached) in cases {
+            let before = creatio.received().len();
+            let r = layer
+                .layer(creatio.clone())
+                .oneshot(routed(method.clone(), path, identity, ProxyBody::full("x")))
+                .await
+                .expect("answer");
+            assert_eq!(r.status().as_u16(), status, "{method} {path}");
+            let got = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            assert!(got.starts_with(body.as_bytes()), "{method} {path}: {got:?}");
+            assert_eq!(
+                creatio.received().len() > before,
+                reached,
+                "{method} {path}"
+            );
+        }
+        // The local login made sure the portal identity has a session: one login, by the proxy.
+        assert_eq!(f.emulator.logins("portal.user"), 1);
+        assert!(f.identities[1].current().is_some());
+    }
 }

@@ -132,3 +132,98 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::testing::{fixture, routed};
+    use http::{Method, StatusCode};
+    use tower::ServiceExt;
+
+    fn settings(timeout: Duration) -> ForwardSettings {
+        ForwardSettings {
+            timeout,
+            target: Arc::from("creatio:443"),
+            latency: vec![Histogram::new([0.1].into_iter())],
+            bytes_out: Counter::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_stay_on_this_hop_and_answers_count_their_bytes() {
+        let f = fixture("").await;
+        let forward = Forward::new(f.client.clone(), settings(Duration::from_secs(5)));
+        let counter = forward.settings.bytes_out.clone();
+        let mut req = routed(Method::GET, "/api/HealthCheck/Ping", 0, ProxyBody::Empty);
+        *req.uri_mut() = format!("{}/api/HealthCheck/Ping", f.emulator.url())
+            .parse()
+            .expect("uri");
+        for (k, v) in [
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ] {
+            req.headers_mut().insert(
+                http::HeaderName::from_static(k),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let r = forward.oneshot(req).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(counter.get(), body.len() as u64);
+        let seen = f.emulator.seen();
+        let s = seen.last().expect("seen");
+        for hop in ["connection", "x-hop", "te"] {
+            assert!(!s.headers.contains_key(hop), "{hop}");
+        }
+        assert_eq!(s.headers["accept"], "*/*");
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_absent_creatio_is_a_timeout_or_unreachable() {
+        // A listener that accepts and never answers, and a port nobody listens on.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                open.push(s);
+            }
+        });
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        for (addr, status, code) in [
+            (silent_addr, StatusCode::GATEWAY_TIMEOUT, "creatio_timeout"),
+            (closed, StatusCode::BAD_GATEWAY, "creatio_unreachable"),
+        ] {
+            let config = crate::config::Config::from_toml_str(&format!(
+                "[creatio]\nurl = \"http://{addr}\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n"
+            ))
+            .expect("config");
+            let pool = crate::upstream::build_upstream(&config).expect("pool");
+            let forward = Forward::new(pool, settings(Duration::from_millis(300)));
+            let mut req = routed(Method::GET, "/0/odata/Contact", 0, ProxyBody::Empty);
+            *req.uri_mut() = format!("http://{addr}/0/odata/Contact")
+                .parse()
+                .expect("uri");
+            let e = forward.oneshot(req).await.expect_err("no answer");
+            assert_eq!((e.status(), e.code()), (status, code), "{addr}");
+            if code == "creatio_unreachable" {
+                assert!(
+                    std::error::Error::source(&e).is_some(),
+                    "the pool's error is kept"
+                );
+            }
+        }
+        held.abort();
+    }
+}

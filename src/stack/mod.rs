@@ -38,6 +38,8 @@ pub(crate) mod request;
 pub(crate) mod request_id;
 pub(crate) mod route;
 pub(crate) mod session;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 

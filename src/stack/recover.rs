@@ -247,3 +247,154 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::session::SessionLayer;
+    use crate::stack::testing::{fixture, routed, Scripted};
+    use http::{Method, StatusCode};
+    use tower::ServiceExt;
+
+    type Answer = (StatusCode, Vec<(&'static str, &'static str)>, &'static str);
+
+    fn ok() -> Answer {
+        (
+            StatusCode::OK,
+            vec![("content-type", "application/json")],
+            "{\"ok\":1}",
+        )
+    }
+    fn unauthorized() -> Answer {
+        (StatusCode::UNAUTHORIZED, vec![], "")
+    }
+    fn to_login() -> Answer {
+        (
+            StatusCode::FOUND,
+            vec![("location", "/Login/NuiLogin.aspx?ReturnUrl=%2f0%2fodata")],
+            "",
+        )
+    }
+    fn login_page() -> Answer {
+        (
+            StatusCode::OK,
+            vec![("content-type", "text/html; charset=utf-8")],
+            "<html><script>Terrasoft.loginUrl = '/ServiceModel/AuthService.svc/Login';</script>",
+        )
+    }
+
+    /// Creatio's answers, the body size, and what the client gets.
+    struct Case {
+        name: &'static str,
+        answers: Vec<Answer>,
+        body: usize,
+        status: StatusCode,
+        /// Logins of Supervisor in all, and requests Creatio saw.
+        logins: u64,
+        sent: usize,
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_is_renewed_once_and_the_request_replayed_once() {
+        let cases = [
+            Case {
+                name: "a normal answer passes",
+                answers: vec![ok()],
+                body: 10,
+                status: StatusCode::OK,
+                logins: 1,
+                sent: 1,
+            },
+            Case {
+                name: "401, then a replay that works",
+                answers: vec![unauthorized(), ok()],
+                body: 10,
+                status: StatusCode::OK,
+                logins: 2,
+                sent: 2,
+            },
+            Case {
+                name: "302 to the login page, then a replay",
+                answers: vec![to_login(), ok()],
+                body: 0,
+                status: StatusCode::OK,
+                logins: 2,
+                sent: 2,
+            },
+            Case {
+                name: "the login page served with 200",
+                answers: vec![login_page(), ok()],
+                body: 0,
+                status: StatusCode::OK,
+                logins: 2,
+                sent: 2,
+            },
+            Case {
+                name: "expired again after a fresh login",
+                answers: vec![unauthorized()],
+                body: 10,
+                status: StatusCode::BAD_GATEWAY,
+                logins: 2,
+                sent: 2,
+            },
+            Case {
+                name: "a body too large to replay",
+                answers: vec![unauthorized(), ok()],
+                body: 2048,
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                logins: 2,
+                sent: 1,
+            },
+        ];
+        for case in cases {
+            let f = fixture("[server]\nreplay_buffer = \"1KiB\"\n").await;
+            let creatio = Scripted::new(case.answers);
+            let stack = RecoverLayer::new(RecoverSettings {
+                identities: f.identities.clone(),
+                login: f.login.clone(),
+                replay_limit: f.config.replay_buffer,
+                timeout: Duration::from_secs(5),
+            })
+            .layer(SessionLayer::new(f.identities.clone(), f.login.clone()).layer(creatio.clone()));
+            let body = vec![b'x'; case.body];
+            let req = routed(
+                Method::POST,
+                "/0/odata/Contact",
+                0,
+                ProxyBody::full(body.clone()),
+            );
+            let status = match stack.oneshot(req).await {
+                Ok(r) => {
+                    assert_eq!(
+                        r.extensions().get::<Outcome>().map(|o| o.relogin),
+                        Some(case.sent == 2),
+                        "{}",
+                        case.name
+                    );
+                    r.status()
+                }
+                Err(e) => e.status(),
+            };
+            assert_eq!(status, case.status, "{}", case.name);
+            assert_eq!(
+                f.emulator.logins("Supervisor"),
+                case.logins,
+                "{}",
+                case.name
+            );
+            let received = creatio.received();
+            assert_eq!(received.len(), case.sent, "{}", case.name);
+            for r in &received {
+                assert_eq!(r.body, body, "the same body every time: {}", case.name);
+            }
+            if case.sent == 2 {
+                assert_ne!(
+                    received[0].headers[http::header::COOKIE],
+                    received[1].headers[http::header::COOKIE],
+                    "the replay carries the new session: {}",
+                    case.name
+                );
+            }
+        }
+    }
+}

@@ -255,4 +255,104 @@ mod tests {
             assert_eq!(got, want, "{sent:?}");
         }
     }
+
+    mod service {
+        use super::super::*;
+        use crate::stack::testing::{fixture, routed, Scripted};
+        use http::{Method, StatusCode};
+        use tower::ServiceExt;
+
+        /// One answer from Creatio, and whether the identity's jar should take its cookies.
+        struct Case {
+            name: &'static str,
+            path: &'static str,
+            status: StatusCode,
+            set_cookie: Vec<(&'static str, &'static str)>,
+            absorbed: bool,
+        }
+
+        #[tokio::test]
+        async fn the_session_goes_out_and_only_safe_answers_change_the_jar() {
+            let cases = [
+                Case {
+                    name: "a sliding renewal is taken",
+                    path: "/0/odata/Contact",
+                    status: StatusCode::OK,
+                    set_cookie: vec![("set-cookie", ".ASPXAUTH=renewed; path=/")],
+                    absorbed: true,
+                },
+                Case {
+                    name: "another user's cookies are refused",
+                    path: "/0/odata/Contact",
+                    status: StatusCode::OK,
+                    set_cookie: vec![
+                        ("set-cookie", ".ASPXAUTH=renewed; path=/"),
+                        ("set-cookie", "UserName=80|111; path=/"),
+                    ],
+                    absorbed: false,
+                },
+                Case {
+                    name: "an authentication endpoint's answer is refused",
+                    path: "/ServiceModel/AuthService.svc/SsoLogin",
+                    status: StatusCode::OK,
+                    set_cookie: vec![("set-cookie", ".ASPXAUTH=renewed; path=/")],
+                    absorbed: false,
+                },
+                Case {
+                    name: "an expired answer's cookies are not taken",
+                    path: "/0/odata/Contact",
+                    status: StatusCode::UNAUTHORIZED,
+                    set_cookie: vec![("set-cookie", ".ASPXAUTH=renewed; path=/")],
+                    absorbed: false,
+                },
+            ];
+            for case in cases {
+                let f = fixture("").await;
+                let creatio = Scripted::new(vec![(case.status, case.set_cookie, "{}")]);
+                let layer = SessionLayer::new(f.identities.clone(), f.login.clone());
+                let mut req = routed(Method::GET, case.path, 0, ProxyBody::Empty);
+                req.headers_mut()
+                    .insert(header::COOKIE, HeaderValue::from_static("client=1"));
+                let r = layer
+                    .layer(creatio.clone())
+                    .oneshot(req)
+                    .await
+                    .expect(case.name);
+                assert_eq!(r.status(), case.status, "{}", case.name);
+                assert!(
+                    r.headers().get(header::SET_COOKIE).is_none(),
+                    "{}",
+                    case.name
+                );
+                let sent_with = r.extensions().get::<SentWith>().map(|s| s.generation);
+                assert_eq!(sent_with, Some(1), "{}", case.name);
+                // What Creatio got: the session, not the client's cookie.
+                let received = creatio.received();
+                let cookie = received[0].headers[header::COOKIE].to_str().expect("ascii");
+                assert!(
+                    cookie.contains(".ASPXAUTH=") && !cookie.contains("client=1"),
+                    "{}",
+                    case.name
+                );
+                let csrf = received[0].headers[&BPMCSRF_HEADER]
+                    .to_str()
+                    .expect("ascii");
+                assert!(cookie.contains(&format!("BPMCSRF={csrf}")), "{}", case.name);
+                assert_eq!(
+                    received[0].headers[&FORCE_USE_SESSION], "true",
+                    "{}",
+                    case.name
+                );
+                // What the jar holds now.
+                let now = f.identities[0].current().expect("session");
+                let renewed = now
+                    .cookie
+                    .as_ref()
+                    .and_then(|c| c.to_str().ok())
+                    .is_some_and(|c| c.contains(".ASPXAUTH=renewed"));
+                assert_eq!(renewed, case.absorbed, "{}", case.name);
+                assert_eq!(f.emulator.logins("Supervisor"), 1, "{}", case.name);
+            }
+        }
+    }
 }

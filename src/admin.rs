@@ -19,10 +19,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept::{is_allowed, is_transient};
 use crate::body::ProxyBody;
 use crate::metrics::IdentityState;
 use crate::reload::Reloader;
-use crate::server::{is_allowed, is_transient};
 use crate::state::ServerState;
 
 /// Serves the admin endpoints on `listener` until the process ends.

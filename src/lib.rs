@@ -23,6 +23,7 @@ pub mod config;
 pub mod emulator;
 pub mod server;
 
+mod accept;
 mod admin;
 mod auth;
 mod body;

@@ -26,8 +26,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::accept::{is_allowed, is_transient};
 use crate::body::{PeerBody, ProxyBody};
-use crate::config::{Config, IpBlock};
+use crate::config::Config;
 use crate::metrics::Metrics;
 pub use crate::reload::Reloader;
 use crate::stack::Stack;
@@ -201,18 +202,6 @@ impl Server {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }
-}
-
-pub(crate) fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
-    )
-}
-
-pub(crate) fn is_allowed(allowed: &[IpBlock], peer: SocketAddr) -> bool {
-    allowed.is_empty() || allowed.iter().any(|b| b.contains(peer.ip()))
 }
 
 /// The front door of the stack: takes the live config's stack for each request, and turns

@@ -14,11 +14,48 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::expiry::is_login_location;
-use super::{Jar, LoginContext};
+use super::jar::Jar;
 use crate::body::ProxyBody;
-use crate::config::{CreatioUrl, Secret};
+use crate::config::{Config, CreatioUrl, Secret};
 use crate::diagnosis::{network_failure, quoted, Diagnosis, LoginFailure, Server};
 use crate::pool::Upstream;
+
+/// Settings every login shares.
+#[derive(Clone)]
+pub(crate) struct LoginContext {
+    /// The connection pool.
+    pub(crate) client: Upstream,
+    /// Where Creatio is.
+    pub(crate) creatio: CreatioUrl,
+    /// How long one login may take.
+    pub(crate) timeout: Duration,
+    /// First back-off.
+    pub(crate) backoff: Duration,
+    /// Longest back-off.
+    pub(crate) backoff_max: Duration,
+}
+
+impl std::fmt::Debug for LoginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginContext")
+            .field("creatio", &self.creatio.display)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginContext {
+    /// Builds the context from a config and a client.
+    pub(crate) fn new(config: &Config, client: Upstream) -> Self {
+        LoginContext {
+            client,
+            creatio: config.creatio.clone(),
+            timeout: config.upstream_timeout.min(Duration::from_secs(60)),
+            backoff: config.login_backoff,
+            backoff_max: config.login_backoff_max,
+        }
+    }
+}
 
 /// Largest login or token answer read (Creatio's is ~150 bytes; an HTML page is cut here).
 const MAX_REPLY: usize = 64 * 1024;

@@ -24,6 +24,8 @@
 pub(crate) mod expiry;
 pub(crate) mod jar;
 mod login;
+
+pub(crate) use login::LoginContext;
 pub(crate) mod token;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +36,7 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
-use crate::config::{Config, CreatioUrl, IdentityConfig, LoginConfig};
+use crate::config::{IdentityConfig, LoginConfig};
 use crate::error::ProxyError;
 use crate::metrics::IdentityMetrics;
 use crate::pool::Upstream;
@@ -102,43 +104,6 @@ pub(crate) fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, 
 
 /// Longest token lifetime believed.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Settings every login shares.
-#[derive(Clone)]
-pub(crate) struct LoginContext {
-    /// The connection pool.
-    pub client: Upstream,
-    /// Where Creatio is.
-    pub creatio: CreatioUrl,
-    /// How long one login may take.
-    pub timeout: Duration,
-    /// First back-off.
-    pub backoff: Duration,
-    /// Longest back-off.
-    pub backoff_max: Duration,
-}
-
-impl std::fmt::Debug for LoginContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginContext")
-            .field("creatio", &self.creatio.display)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LoginContext {
-    /// Builds the context from a config and a client.
-    pub(crate) fn new(config: &Config, client: Upstream) -> Self {
-        LoginContext {
-            client,
-            creatio: config.creatio.clone(),
-            timeout: config.upstream_timeout.min(Duration::from_secs(60)),
-            backoff: config.login_backoff,
-            backoff_max: config.login_backoff_max,
-        }
-    }
-}
 
 /// The jar and the generation it belongs to; locked only briefly, never across an await.
 struct JarState {

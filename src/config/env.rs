@@ -21,7 +21,9 @@ use figment::Figment;
 
 use super::file::{ConfigFile, IdentityFile};
 use super::secret::Secret;
-use super::ENV_PREFIX;
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "CREATIO_PROXY_";
 
 /// Where environment variables come from.
 #[derive(Debug, Clone)]

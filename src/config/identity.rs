@@ -13,11 +13,14 @@
 use std::path::{Path, PathBuf};
 
 use super::defaults::DEFAULTS;
+use super::env::ENV_PREFIX;
+use super::error::ConfigError;
 use super::file::{ConfigFile, IdentityFile};
 use super::net::{parse_token_url, TokenUrl};
 use super::secret::Secret;
-use super::validate::Unmatched;
-use super::{ConfigError, DEFAULT_IDENTITY, ENV_PREFIX};
+
+/// Name given to the `[auth]` identity in logs and errors.
+pub const DEFAULT_IDENTITY: &str = "default";
 
 /// The identities step's result: every identity, `[auth]` first when present.
 pub(crate) struct Identities {
@@ -30,7 +33,7 @@ pub(crate) struct Identities {
 /// Step: `[auth]` and `[identities.NAME]` (rules 1 and 4).
 pub(crate) fn identities(
     file: &ConfigFile,
-    unmatched: Unmatched,
+    unmatched_forward: bool,
 ) -> Result<Identities, ConfigError> {
     let mut identities = Vec::new();
     let mut default_identity = None;
@@ -57,7 +60,7 @@ pub(crate) fn identities(
         }
         identities.push(parse_identity(&format!("identities.{name}"), name, id)?);
     }
-    if default_identity.is_none() && unmatched == Unmatched::Forward {
+    if default_identity.is_none() && unmatched_forward {
         return Err(ConfigError::new(
             "auth",
             "missing: add an [auth] table (username and password of the Creatio integration user), \

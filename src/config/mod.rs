@@ -14,6 +14,7 @@
 
 mod defaults;
 mod env;
+mod error;
 mod file;
 mod identity;
 mod net;
@@ -29,36 +30,14 @@ use figment::Figment;
 
 use env::{apply_secret_env, resolve_paths, Environment};
 
+pub use env::ENV_PREFIX;
+pub use error::ConfigError;
 pub use file::{ConfigFile, IdentityFile, RouteFile};
+pub use identity::DEFAULT_IDENTITY;
 pub use identity::{ClientAuth, IdentityConfig, LoginConfig, OAuth2Config};
 pub use net::{CreatioUrl, EgressProxy, IpBlock, TokenUrl};
 pub use secret::Secret;
 pub use validate::{LogConfig, LogFormat, RouteConfig, Unmatched};
-
-/// Environment variable prefix for overrides.
-pub const ENV_PREFIX: &str = "CREATIO_PROXY_";
-
-/// Name given to the `[auth]` identity in logs and errors.
-pub const DEFAULT_IDENTITY: &str = "default";
-
-/// A configuration problem: the key it concerns and what to do about it.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    /// Dotted key path, e.g. `routes[1].identity`.
-    pub key: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -214,7 +193,7 @@ impl Config {
         let server = validate::server(&file)?;
         let access = validate::access(&file, server.listen)?;
         let upstream = validate::upstream(&file)?;
-        let identities = identity::identities(&file, access.unmatched)?;
+        let identities = identity::identities(&file, access.unmatched == Unmatched::Forward)?;
         let routes = validate::routes(&file.routes, &identities)?;
         let log = validate::log(&file)?;
         Ok(Config {

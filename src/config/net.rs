@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use super::error::ConfigError;
 use super::secret::Secret;
-use super::ConfigError;
 
 /// `creatio.proxy`: how connections to Creatio and the Identity Service leave this host.
 #[derive(Debug, Clone)]

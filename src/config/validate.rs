@@ -19,13 +19,14 @@ use std::time::Duration;
 use crate::canonical::{CanonicalPath, PathError};
 
 use super::defaults::DEFAULTS;
+use super::error::ConfigError;
 use super::file::{ConfigFile, RouteFile};
 use super::identity::Identities;
+use super::identity::DEFAULT_IDENTITY;
 use super::net::{
     parse_creatio_url, parse_egress_proxy, parse_listen, CreatioUrl, EgressProxy, IpBlock,
 };
 use super::secret::Secret;
-use super::{ConfigError, DEFAULT_IDENTITY};
 
 /// Step 1's result.
 pub(crate) struct Server {

@@ -22,12 +22,13 @@ use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
+use super::model::{fnv1a64, ExpiredResponse, Flavour, SeenRequest, Upload, FNV_OFFSET};
+use super::pages;
 use super::state::{Auth, LoginOutcome, NewSession, Shared};
 use super::wire::{
     aspnet_url_encode, cooked_path, http_date, parse_resource, segments, strip_base, strip_segment,
     strip_suffix_ci, CookedPathError,
 };
-use super::{fnv1a64, pages, ExpiredResponse, Flavour, SeenRequest, Upload, FNV_OFFSET};
 
 /// Every response body: small buffered ones and the streamed download.
 pub(super) type Body = BoxBody<Bytes, Infallible>;
@@ -547,7 +548,7 @@ fn pattern_table() -> &'static [u8] {
     static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
     TABLE.get_or_init(|| {
         (0..DOWNLOAD_CHUNK + 251)
-            .map(super::download_byte)
+            .map(super::model::download_byte)
             .collect()
     })
 }

@@ -23,8 +23,8 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
 use super::handlers::{drain, empty, json_response, read_body, Body};
+use super::model::OAuthClient;
 use super::state::Shared;
-use super::OAuthClient;
 
 const TOKEN_PATH: &str = "/connect/token";
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";

@@ -8,7 +8,7 @@
 //! because detectors scan only the start of the body (clio reads 4096 characters). Both login
 //! pages are longer than 4 KB, so a detector cannot treat "short body" as "not a page".
 
-use super::Flavour;
+use super::model::Flavour;
 
 /// The ASP.NET forms-authentication redirect body. `location` is also the `Location` header.
 pub(super) fn object_moved(location: &str) -> String {

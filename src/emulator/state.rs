@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{
+use super::model::{
     EmulatorOptions, ExpiredResponse, Flavour, OAuthClient, SeenRequest, TokenFault, Upload,
 };
 
@@ -85,7 +85,7 @@ struct State {
 }
 
 struct Account {
-    user: super::User,
+    user: super::model::User,
     logins: u64,
     failures: u32,
     locked: bool,

@@ -252,11 +252,9 @@ where
 mod tests {
     use super::*;
     use crate::stack::session::SessionLayer;
-    use crate::stack::testing::{fixture, routed, Scripted};
+    use crate::stack::testing::{fixture, routed, Answer, Scripted};
     use http::{Method, StatusCode};
     use tower::ServiceExt;
-
-    type Answer = (StatusCode, Vec<(&'static str, &'static str)>, &'static str);
 
     fn ok() -> Answer {
         (

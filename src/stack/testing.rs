@@ -87,19 +87,20 @@ pub(crate) struct Received {
     pub(crate) body: bytes::Bytes,
 }
 
+/// One scripted answer: status, headers, body.
+pub(crate) type Answer = (StatusCode, Vec<(&'static str, &'static str)>, &'static str);
+
 /// A stand-in for Creatio: answers the `n`th request with `answers[n]` (the last one from
 /// then on) and records what it received.
 #[derive(Clone)]
 pub(crate) struct Scripted {
-    answers: Arc<Vec<(StatusCode, Vec<(&'static str, &'static str)>, &'static str)>>,
+    answers: Arc<Vec<Answer>>,
     pub(crate) received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Scripted {
     /// Answers in this order: (status, headers, body).
-    pub(crate) fn new(
-        answers: Vec<(StatusCode, Vec<(&'static str, &'static str)>, &'static str)>,
-    ) -> Self {
+    pub(crate) fn new(answers: Vec<Answer>) -> Self {
         Scripted {
             answers: Arc::new(answers),
             received: Arc::default(),

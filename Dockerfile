@@ -8,7 +8,7 @@
 #     -e CREATIO_PROXY_AUTH__USERNAME=Integration -e CREATIO_PROXY_AUTH__PASSWORD=... \
 #     -e CREATIO_PROXY_SERVER__ALLOW_UNAUTHENTICATED_REMOTE=true creatio-proxy
 #
-# README "Deployment" explains the choices; deploy/test-image.sh builds the runtime stage
+# docs/deployment.md ("Container image") explains the choices; deploy/test-image.sh builds the runtime stage
 # without a registry and checks it (it supplies the binary in place of the builder stage, so
 # keep the runtime stage's COPY --from=builder source at /out/creatio-proxy).
 

@@ -23,10 +23,12 @@
 //! 4. Repeated slashes are collapsed (`/0//odata` is `/0/odata`: a client joining a base URL
 //!    ending in `/` with a path starting with `/` keeps working); a trailing slash is kept.
 //! 5. Refused segments: `.` and `..` (in any spelling), a segment holding `;` (path parameters,
-//!    which some servers strip before routing), and a segment ending in `.` or a space (Windows
-//!    drops those, so `Service.` would run as `Service`).
-//! 6. Case is kept (OData keys are data), and matching folds ASCII case ([`CanonicalPath::
-//!    starts_with_segments`]).
+//!    which some servers strip before routing), a segment ending in `.` or a space (Windows
+//!    drops those, so `Service.` would run as `Service`), and a segment starting with `(`
+//!    (ASP.NET's cookieless form `/(S(id))/`, which IIS removes before routing; OData keys
+//!    follow a name, `Contact(1)`, and never start a segment).
+//! 6. Case is kept (OData keys are data), and matching folds ASCII case
+//!    ([`starts_with_segments`]).
 //!
 //! The forwarded target is the canonical path re-encoded ([`CanonicalPath::encoded`]): bytes
 //! outside RFC 3986's `pchar` set are percent-encoded, everything else is sent as it is. So the
@@ -60,6 +62,8 @@ pub(crate) enum PathError {
     Semicolon,
     /// A segment ending in `.` or a space.
     TrailingDot,
+    /// A segment starting with `(`: ASP.NET's cookieless form, `(S(id))`, which IIS removes.
+    Cookieless,
 }
 
 impl PathError {
@@ -76,7 +80,8 @@ impl PathError {
             | PathError::InvalidUtf8
             | PathError::Confusable
             | PathError::Semicolon
-            | PathError::TrailingDot => "ambiguous_path",
+            | PathError::TrailingDot
+            | PathError::Cookieless => "ambiguous_path",
         }
     }
 }
@@ -113,6 +118,9 @@ impl fmt::Display for PathError {
             PathError::TrailingDot => {
                 "a path segment ends in '.' or a space, which Creatio's web server drops; send the path without it"
             }
+            PathError::Cookieless => {
+                "a path segment starts with '(' (ASP.NET's cookieless session form, which Creatio's web server removes); send the path without it"
+            }
         })
     }
 }
@@ -123,8 +131,9 @@ impl std::error::Error for PathError {}
 /// builds one.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct CanonicalPath {
-    /// Decoded, slashes collapsed, valid UTF-8, starts with `/`.
-    text: Box<str>,
+    /// Decoded, slashes collapsed, valid UTF-8, starts with `/`. Shared: the layers below the
+    /// route layer (and a replay) copy it for free.
+    text: std::sync::Arc<str>,
     /// `text` is also its own encoding (nothing outside `pchar`), so it is forwarded as is.
     plain: bool,
 }
@@ -193,7 +202,10 @@ impl CanonicalPath {
         let mut prev = 0u8;
         let mut simple = true;
         for &b in bytes {
-            if !is_plain(b) || (b == b'/' && (prev == b'/' || prev == b'.')) {
+            if !is_plain(b)
+                || (b == b'/' && (prev == b'/' || prev == b'.'))
+                || (b == b'(' && prev == b'/')
+            {
                 simple = false;
                 break;
             }
@@ -261,6 +273,9 @@ impl CanonicalPath {
             if segment.ends_with(['.', ' ']) {
                 return Err(PathError::TrailingDot);
             }
+            if segment.starts_with('(') {
+                return Err(PathError::Cookieless);
+            }
             out.push('/');
             out.push_str(segment);
         }
@@ -269,7 +284,7 @@ impl CanonicalPath {
         }
         let plain = out.bytes().all(is_plain);
         Ok(CanonicalPath {
-            text: out.into_boxed_str(),
+            text: out.into(),
             plain,
         })
     }
@@ -292,16 +307,11 @@ impl CanonicalPath {
     pub(crate) fn is_spelled(&self, raw: &str) -> bool {
         self.plain && *self.text == *raw
     }
-
-    /// True when the path starts with the whole segments of `prefix` (a canonical prefix such
-    /// as `/0/rest/UsrService`), ignoring ASCII case. `(` also ends the prefix's last segment:
-    /// `/0/odata/Case` serves `/0/odata/Case(<id>)`, a record's own URL.
-    pub(crate) fn starts_with_segments(&self, prefix: &str) -> bool {
-        starts_with_segments(&self.text, prefix)
-    }
 }
 
-/// See [`CanonicalPath::starts_with_segments`]; for canonical text only.
+/// True when `path` starts with the whole segments of `prefix` (both canonical, such as
+/// `/0/rest/UsrService`), ignoring ASCII case. `(` also ends the prefix's last segment:
+/// `/0/odata/Case` serves `/0/odata/Case(<id>)`, a record's own URL.
 pub(crate) fn starts_with_segments(path: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
@@ -312,6 +322,27 @@ pub(crate) fn starts_with_segments(path: &str, prefix: &str) -> bool {
         && path
             .get(prefix.len())
             .is_none_or(|b| matches!(b, b'/' | b'('))
+}
+
+/// The part of a canonical path that routes compare: without a leading `/0` segment and then
+/// without an `ssp` segment, when more segments follow. Creatio serves one service under
+/// several of these spellings (`/0/rest/S` on .NET Framework, `/rest/S` on .NET 8, which may
+/// also answer under `/0`, and `/0/ssp/rest/S` for portal users), so a route must catch them
+/// all: `/0/ssp/rest/UsrPortalService/X` and `/rest/UsrPortalService/X` meet the route
+/// `/0/rest/UsrPortalService`. `/0` and `/ssp` alone are kept as they are.
+pub(crate) fn route_key(path: &str) -> &str {
+    let mut rest = path;
+    for seg in ["/0", "/ssp"] {
+        let b = rest.as_bytes();
+        if b.len() > seg.len()
+            && b[..seg.len()].eq_ignore_ascii_case(seg.as_bytes())
+            && b[seg.len()] == b'/'
+            && b.len() > seg.len() + 1
+        {
+            rest = &rest[seg.len()..];
+        }
+    }
+    rest
 }
 
 fn encode(text: &str) -> String {
@@ -395,6 +426,10 @@ mod tests {
             ("/0/rest/UsrPortalServ%C4%B1ce", Err(Confusable)),
             ("/0/rest/UsrPortal%EF%BC%B3ervice", Err(Confusable)),
             ("/0/rest/%E2%84%AA", Err(Confusable)),
+            ("/(S(abc))/0/rest/UsrPortalService", Err(Cookieless)),
+            ("/0/(A(x))/rest", Err(Cookieless)),
+            ("/0/%28S(x))/rest", Err(Cookieless)),
+            ("/0/odata/(1)", Err(Cookieless)),
             ("0/odata", Err(NotOrigin)),
             ("", Err(NotOrigin)),
         ];
@@ -430,16 +465,49 @@ mod tests {
     }
 
     #[test]
+    fn route_keys_drop_the_aliases_creatio_serves_a_path_under() {
+        for (path, key) in [
+            ("/0/rest/S/M", "/rest/S/M"),
+            ("/0/ssp/rest/S/M", "/rest/S/M"),
+            ("/ssp/rest/S/M", "/rest/S/M"),
+            ("/rest/S/M", "/rest/S/M"),
+            ("/0/SSP/odata/Case", "/odata/Case"),
+            ("/0", "/0"),
+            ("/0/", "/0/"),
+            ("/0/ssp", "/ssp"),
+            ("/ssp", "/ssp"),
+            ("/00/rest", "/00/rest"),
+            ("/0/sspx/rest", "/sspx/rest"),
+            ("/", "/"),
+        ] {
+            assert_eq!(route_key(path), key, "{path}");
+        }
+    }
+
+    #[test]
     fn prefixes_match_whole_segments_in_any_case() {
         let p = |s: &str| CanonicalPath::parse(s).expect(s);
-        assert!(p("/0/REST/usrportalservice/Get").starts_with_segments("/0/rest/UsrPortalService"));
-        assert!(p("/0/rest/UsrPortalService").starts_with_segments("/0/rest/UsrPortalService"));
-        assert!(p("/0/rest/UsrPortalService(1)").starts_with_segments("/0/rest/UsrPortalService"));
-        assert!(
-            p("/0/rest/UsrPortalService%281%29").starts_with_segments("/0/rest/UsrPortalService")
-        );
-        assert!(!p("/0/rest/UsrPortalServiceX").starts_with_segments("/0/rest/UsrPortalService"));
-        assert!(p("/anything").starts_with_segments("/"));
+        assert!(starts_with_segments(
+            p("/0/REST/usrportalservice/Get").as_str(),
+            "/0/rest/UsrPortalService"
+        ));
+        assert!(starts_with_segments(
+            p("/0/rest/UsrPortalService").as_str(),
+            "/0/rest/UsrPortalService"
+        ));
+        assert!(starts_with_segments(
+            p("/0/rest/UsrPortalService(1)").as_str(),
+            "/0/rest/UsrPortalService"
+        ));
+        assert!(starts_with_segments(
+            p("/0/rest/UsrPortalService%281%29").as_str(),
+            "/0/rest/UsrPortalService"
+        ));
+        assert!(!starts_with_segments(
+            p("/0/rest/UsrPortalServiceX").as_str(),
+            "/0/rest/UsrPortalService"
+        ));
+        assert!(starts_with_segments(p("/anything").as_str(), "/"));
     }
 
     mod properties {

@@ -124,39 +124,39 @@ pub(crate) fn quoted(text: &str) -> String {
 pub(crate) fn network_failure(e: &UpstreamError, target: &str, key: &str) -> (Diagnosis, String) {
     let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
     match e {
-        UpstreamError::Connect(ConnectKind::Dns, _) => (
+        UpstreamError::Connect { kind: ConnectKind::Dns, .. } => (
             Diagnosis::Unreachable,
             format!("cannot resolve the host name {host} (DNS lookup failed for {target}): check the host in {key}, and that this machine's DNS knows it"),
         ),
-        UpstreamError::Connect(ConnectKind::Refused, _) => (
+        UpstreamError::Connect { kind: ConnectKind::Refused, .. } => (
             Diagnosis::Unreachable,
             format!("nothing accepts connections at {target} (connection refused): check the host and port in {key}, and that the server is running"),
         ),
-        UpstreamError::Connect(ConnectKind::TimedOut, _) => (
+        UpstreamError::Connect { kind: ConnectKind::TimedOut, .. } => (
             Diagnosis::Unreachable,
             format!("no connection to {target} within creatio.connect_timeout: check that {host} is reachable from here (firewall, egress proxy)"),
         ),
-        UpstreamError::Connect(ConnectKind::Certificate, detail) => (
+        UpstreamError::Connect { kind: ConnectKind::Certificate, detail, .. } => (
             Diagnosis::Certificate,
             format!("the TLS certificate of {target} is not trusted ({detail}): if the server uses a private or corporate CA, give that CA's PEM file as creatio.ca_file"),
         ),
-        UpstreamError::Connect(ConnectKind::CertificateName, detail) => (
+        UpstreamError::Connect { kind: ConnectKind::CertificateName, detail, .. } => (
             Diagnosis::Certificate,
             format!("the TLS certificate of {target} is not valid for the name {host} ({detail}): use in {key} the host name the certificate was issued for"),
         ),
-        UpstreamError::Connect(ConnectKind::CertificateExpired, detail) => (
+        UpstreamError::Connect { kind: ConnectKind::CertificateExpired, detail, .. } => (
             Diagnosis::Certificate,
             format!("the TLS certificate of {target} has expired or is not valid yet ({detail}): renew it on the server (or check this machine's clock)"),
         ),
-        UpstreamError::Connect(ConnectKind::Egress, detail) => (
+        UpstreamError::Connect { kind: ConnectKind::Egress, detail, .. } => (
             Diagnosis::Unreachable,
             format!("could not reach {target} {detail}: check creatio.proxy (or HTTPS_PROXY, HTTP_PROXY and NO_PROXY), the proxy's credentials, and that it allows CONNECT to {target}"),
         ),
-        UpstreamError::Connect(ConnectKind::Other, detail) => (
+        UpstreamError::Connect { kind: ConnectKind::Other, detail, .. } => (
             Diagnosis::Unreachable,
             format!("could not connect to {target}: {detail}"),
         ),
-        UpstreamError::Exchange(detail) => (
+        UpstreamError::Exchange { detail, .. } => (
             Diagnosis::Unreachable,
             format!("the exchange with {target} failed: {detail}"),
         ),

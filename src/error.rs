@@ -233,7 +233,11 @@ mod tests {
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.code(), "ambiguous_path");
         let io = std::io::Error::other("inner cause");
-        let outer = UpstreamError::Exchange(io.to_string());
+        let outer = UpstreamError::Connect {
+            kind: crate::pool::ConnectKind::Other,
+            detail: "refused".into(),
+            source: Box::new(io),
+        };
         let e = ProxyError::Unreachable {
             target: "crm:443".into(),
             cause: "the connection was reset".into(),
@@ -245,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             chain(&e),
-            "could not reach Creatio: the connection was reset: inner cause"
+            "could not reach Creatio: the connection was reset: connection failed: refused: inner cause"
         );
     }
 }

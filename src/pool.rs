@@ -50,15 +50,47 @@ const STALE_RETRIES: usize = 8;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A failure to get an answer from Creatio.
+/// A failure to get an answer from Creatio. Each keeps its cause as its `source()`; `detail`
+/// is that chain in one line, for the diagnosis sentences.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
     /// TCP or TLS connection failed.
-    #[error("connection failed: {1}")]
-    Connect(ConnectKind, String),
+    #[error("connection failed: {detail}")]
+    Connect {
+        /// Which kind of failure, for the advice.
+        kind: ConnectKind,
+        /// The cause's chain in one line.
+        detail: String,
+        /// The connector's or handshake's error.
+        #[source]
+        source: BoxError,
+    },
     /// The exchange failed after the connection was made.
-    #[error("{0}")]
-    Exchange(String),
+    #[error("{detail}")]
+    Exchange {
+        /// The cause's chain in one line.
+        detail: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    fn connect(kind: ConnectKind, source: BoxError) -> Self {
+        UpstreamError::Connect {
+            kind,
+            detail: describe(source.as_ref()),
+            source,
+        }
+    }
+
+    fn exchange(source: hyper::Error) -> Self {
+        UpstreamError::Exchange {
+            detail: describe(&source),
+            source,
+        }
+    }
 }
 
 /// Why a connection could not be made; each has its own advice.
@@ -260,14 +292,14 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection.
                     Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Exchange(describe(e.error()))),
+                    None => return Err(UpstreamError::exchange(e.into_error())),
                 },
             }
         }
         let mut sender = self.connect().await?;
         match sender.try_send_request(req).await {
             Ok(response) => Ok(self.wrap(response, sender, reusable)),
-            Err(e) => Err(UpstreamError::Exchange(describe(e.error()))),
+            Err(e) => Err(UpstreamError::exchange(e.into_error())),
         }
     }
 
@@ -325,13 +357,11 @@ impl Upstream {
             .clone()
             .oneshot(self.pool.origin.clone())
             .await
-            .map_err(|e: BoxError| {
-                UpstreamError::Connect(connect_kind(e.as_ref()), describe(e.as_ref()))
-            })?;
+            .map_err(|e: BoxError| UpstreamError::connect(connect_kind(e.as_ref()), e))?;
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect(ConnectKind::Other, describe(&e)))?;
+            .map_err(|e| UpstreamError::connect(ConnectKind::Other, Box::new(e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("Creatio connection ended: {e}");

@@ -7,14 +7,17 @@
 //! 2. The longest `[[routes]]` prefix wins. Prefixes match whole segments (`/0/rest/A` matches
 //!    `/0/rest/A`, `/0/rest/A/M` and the OData key form `/0/rest/A(1)`, not `/0/rest/AB`) and
 //!    ASCII case-insensitively, because IIS serves `/0/REST/A` as `/0/rest/A`: a case variant
-//!    must not escape its route. No two prefixes are equal ignoring case (refused at load),
-//!    so a path matches at most one longest prefix.
+//!    must not escape its route. They match modulo the spellings Creatio serves one service
+//!    under ([`route_key`]): with or without a leading `/0`, with or without `ssp`, so a client
+//!    that writes `/0/ssp/rest/A` or `/rest/A` itself still meets the route `/0/rest/A`. No two
+//!    prefixes are equal in that sense (refused at load), so a path matches at most one
+//!    longest prefix.
 //! 3. Unmatched paths go to the default identity (or are refused when `unmatched = "deny"`).
 //! 4. `ssp = true` applies the contract's /ssp rule ([`apply_ssp`]) to the canonical path.
 
 use std::borrow::Cow;
 
-use crate::canonical::CanonicalPath;
+use crate::canonical::{route_key, starts_with_segments, CanonicalPath};
 use crate::config::{Config, RouteConfig, Unmatched};
 
 /// What the route table decided for one request.
@@ -51,8 +54,9 @@ impl RouteTable {
 
     /// The decision for `path`, or `None` when nothing serves it.
     pub(crate) fn decide(&self, path: &CanonicalPath) -> Option<RouteDecision> {
+        let key = route_key(path.as_str());
         for (index, route) in &self.routes {
-            if path.starts_with_segments(&route.prefix) {
+            if starts_with_segments(key, route_key(&route.prefix)) {
                 return Some(RouteDecision {
                     identity: route.identity,
                     ssp: route.ssp,
@@ -98,7 +102,11 @@ fn starts_with_segment(path: &str, seg: &str) -> bool {
 
 /// True when `path` already carries the `/ssp` segment where the /ssp rule puts it.
 pub(crate) fn has_ssp(path: &str) -> bool {
-    matches!(apply_ssp(path), Cow::Borrowed(_))
+    if starts_with_segment(path, "/0") {
+        starts_with_segment(&path[2..], "/ssp")
+    } else {
+        starts_with_segment(path, "/ssp")
+    }
 }
 
 /// The inverse of [`apply_ssp`]: `/0/ssp/x` → `/0/x`, `/ssp/x` → `/x`; other paths unchanged.
@@ -130,6 +138,28 @@ mod tests {
         assert_eq!(remove_ssp("/0/sspx/a"), "/0/sspx/a");
         assert_eq!(remove_ssp("/0/SSP/a"), "/0/a");
         assert_eq!(remove_ssp("/ü/ssp"), "/ü/ssp");
+    }
+
+    #[test]
+    fn has_ssp_agrees_with_apply_ssp() {
+        for path in [
+            "/0/ssp/x",
+            "/0/SSP",
+            "/ssp",
+            "/ssp/x",
+            "/0/x",
+            "/0",
+            "/",
+            "/sspx",
+            "/0/sspx/y",
+            "/é/ssp",
+        ] {
+            assert_eq!(
+                has_ssp(path),
+                matches!(apply_ssp(path), Cow::Borrowed(_)),
+                "{path}"
+            );
+        }
     }
 
     #[test]
@@ -199,6 +229,10 @@ mod tests {
         // Percent-escapes are decoded before matching: no spelling escapes the route.
         assert_eq!(d("/0/rest/UsrPortal%53ervice/GetCases"), Some((2, true)));
         assert_eq!(d("/0/rest//UsrPortalService/GetCases"), Some((2, true)));
+        // Nor do the spellings Creatio serves the same service under.
+        assert_eq!(d("/0/ssp/rest/UsrPortalService/GetCases"), Some((2, true)));
+        assert_eq!(d("/rest/UsrPortalService/GetCases"), Some((2, true)));
+        assert_eq!(d("/ssp/rest/UsrPortalService/GetCases"), Some((2, true)));
         assert_eq!(d("/0/odata/Contact"), Some((0, false)));
         let deny = RouteTable {
             routes: table.routes.clone(),
@@ -213,12 +247,13 @@ mod tests {
         use proptest::prelude::*;
 
         /// Prefixes that share segments and differ in case only where the config allows.
-        const PREFIXES: [&str; 5] = [
+        const PREFIXES: [&str; 6] = [
             "/0/rest",
             "/0/rest/UsrPortalService",
             "/0/rest/UsrPortalServiceX",
             "/0/odata/Case",
-            "/ssp",
+            "/odata/Cash",
+            "/0/ssp/odata/Contact",
         ];
 
         fn table() -> RouteTable {
@@ -294,16 +329,19 @@ mod tests {
                 // At most one route matches with the longest prefix.
                 let longest = PREFIXES
                     .iter()
-                    .filter(|p| canonical.starts_with_segments(p))
-                    .map(|p| p.len())
+                    .filter(|p| starts_with_segments(route_key(canonical.as_str()), route_key(p)))
+                    .map(|p| route_key(p).len())
                     .max();
                 if let Some(len) = longest {
                     let ties = PREFIXES
                         .iter()
-                        .filter(|p| p.len() == len && canonical.starts_with_segments(p))
+                        .filter(|p| {
+                            route_key(p).len() == len
+                                && starts_with_segments(route_key(canonical.as_str()), route_key(p))
+                        })
                         .count();
                     prop_assert_eq!(ties, 1);
-                    prop_assert_eq!(decided.and_then(|d| d.route).map(|r| PREFIXES[r].len()), Some(len));
+                    prop_assert_eq!(decided.and_then(|d| d.route).map(|r| route_key(PREFIXES[r]).len()), Some(len));
                 }
                 let spelled = respell(&path, &choices);
                 let parsed = CanonicalPath::parse(&spelled).expect("a respelling has a canonical form");

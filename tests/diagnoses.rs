@@ -143,7 +143,9 @@ password = "portal-pass"
     let r = get(&c, &proxy.url("/0/odata/Contact")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(!r.headers.contains_key("x-creatio-proxy-hint"));
-    let r = get(&c, &proxy.url("/0/ssp/rest/UsrPortalService/GetCases")).await;
+    // (The route catches /0/ssp/rest/UsrPortalService too, so the employee is sent to another
+    // service under /ssp.)
+    let r = get(&c, &proxy.url("/0/ssp/rest/UsrOtherService/GetCases")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "employee on /ssp");
     assert!(!r.headers.contains_key("x-creatio-proxy-hint"));
     proxy.stop().await;

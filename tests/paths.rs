@@ -50,6 +50,11 @@ fn portal_spellings() -> Vec<String> {
         "//0/rest/UsrPortalService//GetCases".to_string(),
         "/0/rest/UsrPortal%53ervice/GetCases".to_string(),
         "/%30/%72%65%73%74/%55%73%72%50%6F%72%74%61%6C%53%65%72%76%69%63%65/GetCases".to_string(),
+        // Spellings of the route that Creatio serves the same service under: the client's own
+        // /ssp, in any case.
+        "/0/ssp/rest/UsrPortalService/GetCases".to_string(),
+        "/0/SSP/rest/UsrPortalService/GetCases".to_string(),
+        "/0/%73sp/rest/UsrPortalService/GetCases".to_string(),
     ]);
     out
 }
@@ -149,15 +154,24 @@ async fn a_clients_login_as_another_user_in_any_spelling_never_changes_the_sessi
         StatusCode::OK
     );
     let other_user = r#"{"UserName":"portal.user","UserPassword":"portal-pass"}"#;
-    for path in [
-        "/ServiceModel/AuthService.svc/Login",
-        "/ServiceModel/AuthService.svc/Logi%6E",
-        "/ServiceModel/AuthService%2Esvc/Login",
-        "/ServiceModel/AuthService.svc/login/",
-        "//ServiceModel//AuthService.svc/Login",
-        "/%53erviceModel/AuthService.svc/LOGIN",
-        "/0/ServiceModel/AuthService.svc/Login",
-    ] {
+    let plain = "/ServiceModel/AuthService.svc/Login";
+    let mut spellings: Vec<String> = plain
+        .char_indices()
+        .filter(|(_, c)| *c != '/')
+        .map(|(i, c)| format!("{}%{:02X}{}", &plain[..i], c as u32, &plain[i + 1..]))
+        .collect();
+    spellings.extend(
+        [
+            plain,
+            "/ServiceModel/AuthService.svc/login/",
+            "//ServiceModel//AuthService.svc/Login",
+            "/%53erviceModel/AuthService.svc/LOGIN",
+            "/0/ServiceModel/AuthService.svc/Login",
+        ]
+        .map(String::from),
+    );
+    assert!(spellings.len() >= 30, "{}", spellings.len());
+    for path in &spellings {
         let r = post_json(&c, &proxy.url(path), other_user).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
         assert_eq!(r.json()["Code"], 0, "{path}");
@@ -175,6 +189,16 @@ async fn a_clients_login_as_another_user_in_any_spelling_never_changes_the_sessi
     // The client's credentials never reached Creatio.
     assert_eq!(emu.login_attempts("portal.user"), 0);
     assert_eq!(emu.logins("Supervisor"), 1);
+    // A cookieless segment in the login path is refused, never forwarded with the client's
+    // credentials.
+    let r = post_json(
+        &c,
+        &proxy.url("/ServiceModel/AuthService.svc/(S(x))/Login"),
+        other_user,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"], "ambiguous_path");
     // Other methods on the login path are refused locally, as Creatio would.
     let r = send(
         &c,
@@ -243,5 +267,38 @@ async fn the_query_string_passes_unchanged_behind_a_decoded_path() {
         s.query.as_deref(),
         Some("$filter=Name%20eq%20%27a%2Fb%27&$top=2")
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_clients_connection_header_cannot_take_the_session_off_the_request() {
+    let (emu, proxy, c) = setup().await;
+    for _ in 0..3 {
+        let r = send(
+            &c,
+            Method::GET,
+            &proxy.url("/0/odata/Contact"),
+            &[(
+                "connection",
+                "cookie, bpmcsrf, authorization, forceusesession, keep-alive",
+            )],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let seen = emu.seen();
+    let contacts: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path == "/0/odata/Contact")
+        .collect();
+    assert_eq!(contacts.len(), 3);
+    for s in contacts {
+        assert_eq!(s.user.as_deref(), Some("Supervisor"));
+        assert!(s.headers.contains_key("cookie") && s.headers.contains_key("bpmcsrf"));
+        assert_eq!(s.headers["forceusesession"], "true");
+        assert!(!s.headers.contains_key("connection"));
+    }
+    assert_eq!(emu.logins("Supervisor"), 1, "no re-login");
     proxy.stop().await;
 }

@@ -18,6 +18,10 @@ pub(crate) const BPMCSRF: &str = "BPMCSRF";
 /// The cookie in which Creatio names the logged-in user.
 pub(crate) const USER_NAME: &str = "UserName";
 
+/// The cookies that make up a Creatio session: the forms ticket, the CSRF token, the ASP.NET
+/// session id and the user's name.
+pub(crate) const SESSION_COOKIES: [&str; 4] = [".ASPXAUTH", BPMCSRF, "BPMLOADER", USER_NAME];
+
 /// A set of cookies for one session.
 #[derive(Default, Clone)]
 pub(crate) struct Jar {
@@ -34,15 +38,32 @@ impl std::fmt::Debug for Jar {
 }
 
 impl Jar {
-    /// Applies one `Set-Cookie` header value. Returns true when the jar changed.
-    /// Unparsable values are ignored (a browser would ignore them too).
+    /// Applies one `Set-Cookie` header value of the proxy's own login. Returns true when the
+    /// jar changed. Unparsable values are ignored (a browser would ignore them too).
     pub(crate) fn apply(&mut self, set_cookie: &HeaderValue) -> bool {
+        self.apply_with(set_cookie, false)
+    }
+
+    /// Applies one `Set-Cookie` header value of an answer to a forwarded request: the session
+    /// cookies ([`SESSION_COOKIES`]) may only take a new value where the jar already holds that
+    /// name on that path (a sliding renewal). They are never added on another path (a second
+    /// `.ASPXAUTH` on a longer path would be sent first and win) and never removed (the session
+    /// layer's expiry handling replaces a session that ended). Other cookies apply as usual.
+    pub(crate) fn apply_forwarded(&mut self, set_cookie: &HeaderValue) -> bool {
+        self.apply_with(set_cookie, true)
+    }
+
+    fn apply_with(&mut self, set_cookie: &HeaderValue, forwarded: bool) -> bool {
         let Ok(text) = set_cookie.to_str() else {
             return false;
         };
         let Ok(cookie) = Cookie::parse(text.to_string()) else {
             return false;
         };
+        let guarded = forwarded
+            && SESSION_COOKIES
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(cookie.name()));
         let path = cookie.path().unwrap_or("/").to_string();
         let position = self
             .cookies
@@ -54,6 +75,9 @@ impl Jar {
             || cookie
                 .expires_datetime()
                 .is_some_and(|at| at <= OffsetDateTime::now_utc());
+        if guarded && (position.is_none() || expired) {
+            return false;
+        }
         match (position, expired) {
             (Some(i), true) => {
                 self.cookies.remove(i);
@@ -176,6 +200,57 @@ mod tests {
             !jar.apply(&hv("garbage")),
             "unparsable Set-Cookie is ignored"
         );
+    }
+
+    #[test]
+    fn answers_to_forwarded_requests_only_renew_the_session_cookies_in_place() {
+        let login = |jar: &mut Jar| {
+            jar.apply(&hv(".ASPXAUTH=one; path=/; HttpOnly"));
+            jar.apply(&hv("BPMCSRF=csrf1; path=/"));
+        };
+        let cases: &[(&str, bool, &str)] = &[
+            (
+                ".ASPXAUTH=two; path=/; HttpOnly",
+                true,
+                ".ASPXAUTH=two; BPMCSRF=csrf1",
+            ),
+            (
+                "BPMCSRF=csrf2; path=/",
+                true,
+                ".ASPXAUTH=one; BPMCSRF=csrf2",
+            ),
+            (
+                ".ASPXAUTH=evil; path=/0; HttpOnly",
+                false,
+                ".ASPXAUTH=one; BPMCSRF=csrf1",
+            ),
+            (
+                ".aspxauth=evil; path=/",
+                false,
+                ".ASPXAUTH=one; BPMCSRF=csrf1",
+            ),
+            (
+                ".ASPXAUTH=; expires=Mon, 11-Oct-1999 00:00:00 GMT; path=/",
+                false,
+                ".ASPXAUTH=one; BPMCSRF=csrf1",
+            ),
+            (
+                "BPMLOADER=new; path=/",
+                false,
+                ".ASPXAUTH=one; BPMCSRF=csrf1",
+            ),
+            (
+                "UsrTheme=dark; path=/",
+                true,
+                ".ASPXAUTH=one; BPMCSRF=csrf1; UsrTheme=dark",
+            ),
+        ];
+        for (line, changed, after) in cases {
+            let mut jar = Jar::default();
+            login(&mut jar);
+            assert_eq!(jar.apply_forwarded(&hv(line)), *changed, "{line}");
+            assert_eq!(jar.cookie_header().expect("line"), *after, "{line}");
+        }
     }
 
     #[test]

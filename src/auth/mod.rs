@@ -623,7 +623,7 @@ impl Identity {
         }
         let mut changed = false;
         for value in lines {
-            changed |= state.jar.apply(value);
+            changed |= state.jar.apply_forwarded(value);
         }
         if !changed {
             return Absorbed::Unchanged;

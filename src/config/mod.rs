@@ -155,9 +155,12 @@ impl Config {
         Self::from_figment(figment, env, Some(base))
     }
 
-    /// Validates a config given as TOML text (plus the real environment). Used by `demo`.
+    /// Validates a config given as TOML text alone: the process environment is not read, so
+    /// `demo` (which builds its own config) and the tests give the same result whatever
+    /// `CREATIO_PROXY_*` variables a developer has exported. `run` and `check` use
+    /// [`Config::load`], which applies them.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
-        Self::from_toml_str_in(toml, &Environment::Process)
+        Self::from_toml_str_in(toml, &Environment::explicit(&[]))
     }
 
     fn from_toml_str_in(toml: &str, env: &Environment) -> Result<Config, ConfigError> {

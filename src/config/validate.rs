@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::canonical::{CanonicalPath, PathError};
+use crate::canonical::{route_key, CanonicalPath, PathError};
 
 use super::defaults::DEFAULTS;
 use super::error::ConfigError;
@@ -253,9 +253,11 @@ fn route(
     } else {
         prefix
     };
+    // Equal ignoring case, or spellings of one another (`/0/rest/X`, `/rest/X`,
+    // `/0/ssp/rest/X`): either way a path would match both.
     if earlier
         .iter()
-        .any(|o| o.prefix.eq_ignore_ascii_case(prefix))
+        .any(|o| route_key(&o.prefix).eq_ignore_ascii_case(route_key(prefix)))
     {
         return Err(ConfigError::new(
             format!("{key}.prefix"),

@@ -16,7 +16,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use super::wire::{aspnet_url_encode, http_date, parse_resource, strip_base, strip_segment};
+use super::wire::{
+    aspnet_url_encode, cooked_path, http_date, parse_resource, strip_base, strip_segment,
+    CookedPathError,
+};
 use super::*;
 
 struct Reply {
@@ -1142,4 +1145,27 @@ fn url_encoding_and_dates_match_aspnet() {
         http_date(epoch + Duration::from_secs(951_782_400)),
         "Tue, 29 Feb 2000 00:00:00 GMT"
     );
+}
+
+#[test]
+fn paths_are_cooked_as_iis_cooks_them() {
+    let cases: &[(&str, Result<&str, CookedPathError>)] = &[
+        (
+            "/0/rest/UsrPortal%53ervice/GetCases",
+            Ok("/0/rest/UsrPortalService/GetCases"),
+        ),
+        ("/0/rest%2FUsrPortalService", Ok("/0/rest/UsrPortalService")),
+        ("/0\\rest", Ok("/0/rest")),
+        ("/(S(abc))/0/rest/X", Ok("/0/rest/X")),
+        ("/0/(A(x))/rest/X", Ok("/0/rest/X")),
+        ("/0/rest/X./Y%20", Ok("/0/rest/X/Y")),
+        ("/0/odata/Contact(1)", Ok("/0/odata/Contact(1)")),
+        ("/0/odata/Name%20x", Ok("/0/odata/Name%20x")),
+        ("/0/x/", Ok("/0/x/")),
+        ("/0/%2553", Err(CookedPathError::DoubleEscape)),
+        ("/0/%zz", Err(CookedPathError::BadEscape)),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(cooked_path(raw).as_deref(), want.as_deref(), "{raw}");
+    }
 }

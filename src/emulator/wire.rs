@@ -48,6 +48,23 @@ pub(super) fn cooked_path(raw: &str) -> Result<String, CookedPathError> {
         return Err(CookedPathError::DoubleEscape);
     }
     let text = String::from_utf8_lossy(&decoded);
+    let trailing = text.ends_with('/');
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, segment) in text.split('/').enumerate() {
+        let cookieless = segment.len() > 4
+            && segment.starts_with('(')
+            && segment.ends_with("))")
+            && segment.as_bytes()[1].is_ascii_alphabetic()
+            && segment.as_bytes()[2] == b'(';
+        if i == 0 || cookieless {
+            continue;
+        }
+        kept.push(segment.trim_end_matches(['.', ' ']));
+    }
+    let mut text = format!("/{}", kept.join("/"));
+    if trailing && !text.ends_with('/') {
+        text.push('/');
+    }
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);

@@ -9,6 +9,9 @@
 //!    at `error` for 5xx (an operator must act), at `debug` for the client's mistakes.
 //! 3. The route and identity are decided further in; the route layer writes them into a
 //!    [`RouteSlot`] this layer puts in the request.
+//! 4. A client that hangs up before the answer's head is ready still gets its line and its
+//!    count, with status 499 (nginx's "client closed request"): an operator sees the requests
+//!    that Creatio was too slow for.
 //!
 //! Hand-written: tower-http's `TraceLayer` logs through the general tracing formatter, which
 //! cost several per cent of a small request's CPU (see [`crate::telemetry::access`]).
@@ -122,12 +125,23 @@ struct Record {
     settings: Arc<AccessSettings>,
 }
 
+/// The status logged for a request whose client left before the answer (rule 4).
+const CLIENT_CLOSED: u16 = 499;
+
 pin_project! {
     /// Writes the line when the answer's head is ready.
     pub(crate) struct ResponseFuture<F> {
         #[pin]
         future: F,
         record: Option<Record>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(record) = this.project().record.take() {
+                record.write(CLIENT_CLOSED, None);
+            }
+        }
     }
 }
 
@@ -141,21 +155,20 @@ where
         let this = self.project();
         let result = std::task::ready!(this.future.poll(cx));
         if let (Some(record), Ok(response)) = (this.record.take(), &result) {
-            record.write(response);
+            record.write(response.status().as_u16(), Some(response.extensions()));
         }
         Poll::Ready(result)
     }
 }
 
 impl Record {
-    fn write<R>(self, response: &Response<R>) {
+    fn write(self, status: u16, extensions: Option<&http::Extensions>) {
         let settings = &self.settings;
         let facts: Option<RouteFacts> = self.slot.0.get().copied();
         let route = facts
             .and_then(|f| f.route)
             .and_then(|r| settings.route_prefixes.get(r));
         let identity = facts.and_then(|f| settings.identities.get(f.identity));
-        let status = response.status().as_u16();
         if let Some(metrics) = settings.route_metrics(facts.and_then(|f| f.route)) {
             metrics.count(&self.method, status);
         }
@@ -169,10 +182,10 @@ impl Record {
             Some(pq) => pq.path(),
             None => "/",
         };
-        if let Some(e) = response.extensions().get::<Arc<ProxyError>>() {
+        if let Some(e) = extensions.and_then(|x| x.get::<Arc<ProxyError>>()) {
             log_error(e, id, &self.method, path, identity.map_or("-", |i| i));
         }
-        let outcome = response.extensions().get::<Outcome>().copied();
+        let outcome = extensions.and_then(|x| x.get::<Outcome>()).copied();
         crate::telemetry::access(&crate::telemetry::Access {
             request_id: id,
             method: self.method.as_str(),
@@ -219,6 +232,17 @@ mod tests {
         })
     }
 
+    /// The value of `requests_total` for `route` and status class `status`, if any.
+    fn line_in(text: &str, route: &str, status: &str) -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("creatio_proxy_requests_total")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    }
+
     #[tokio::test]
     async fn each_answer_is_counted_under_the_route_that_served_it() {
         let metrics = Metrics::new();
@@ -249,15 +273,7 @@ mod tests {
             assert_eq!(r.status().as_u16(), status);
         }
         let text = metrics.render(&[]);
-        let line = |route: &str, status: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("creatio_proxy_requests_total")
-                        && l.contains(&format!("route=\"{route}\""))
-                        && l.contains(&format!("status=\"{status}\""))
-                })
-                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
-        };
+        let line = |route: &str, status: &str| line_in(&text, route, status);
         assert_eq!(
             line("/0/rest/UsrPortalService", "2xx").as_deref(),
             Some("1")
@@ -268,5 +284,30 @@ mod tests {
         );
         assert_eq!(line("-", "2xx").as_deref(), Some("1"), "{text}");
         assert_eq!(line("-", "4xx").as_deref(), Some("1"), "{text}");
+
+        // A client that leaves before the answer: counted as a 4xx (499) under its route.
+        let never = tower::service_fn(|req: Request<()>| async move {
+            if let Some(slot) = req.extensions().get::<RouteSlot>() {
+                let _ = slot.0.set(RouteFacts {
+                    route: Some(0),
+                    identity: 1,
+                });
+            }
+            std::future::pending::<Result<Response<()>, std::convert::Infallible>>().await
+        });
+        let mut service = layer.layer(never);
+        let mut future = Box::pin(service.call(Request::new(())));
+        let waker = std::task::Waker::noop();
+        assert!(future
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending());
+        drop(future);
+        let text = metrics.render(&[]);
+        assert_eq!(
+            line_in(&text, "/0/rest/UsrPortalService", "4xx").as_deref(),
+            Some("1"),
+            "{text}"
+        );
     }
 }

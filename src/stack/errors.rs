@@ -30,7 +30,10 @@ pub(crate) struct ErrorLayer;
 impl<S> Layer<S> for ErrorLayer {
     type Service = Errors<S>;
     fn layer(&self, inner: S) -> Errors<S> {
-        Errors { inner }
+        Errors {
+            inner,
+            unready: None,
+        }
     }
 }
 
@@ -38,6 +41,9 @@ impl<S> Layer<S> for ErrorLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Errors<S> {
     inner: S,
+    /// The inner service said it cannot take a request: the next call is answered with this
+    /// (the error type here is `Infallible`, so readiness cannot fail).
+    unready: Option<ProxyError>,
 }
 
 impl<S, B> Service<Request<B>> for Errors<S>
@@ -49,20 +55,26 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The inner services are always ready (none of them sheds load); an error here
-        // would have no request to answer, so readiness is reported as is.
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.unready = Some(e);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
-        ResponseFuture {
-            future: self.inner.call(req),
-            id,
-        }
+        let state = match self.unready.take() {
+            // Not ready: the inner service must not be called; the request gets the error.
+            Some(e) => State::Failed { error: Some(e) },
+            None => State::Called {
+                future: self.inner.call(req),
+            },
+        };
+        ResponseFuture { state, id }
     }
 }
 
@@ -70,8 +82,16 @@ pin_project! {
     /// Maps an error to its answer.
     pub(crate) struct ResponseFuture<F> {
         #[pin]
-        future: F,
+        state: State<F>,
         id: Option<HeaderValue>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] future: F },
+        Failed { error: Option<ProxyError> },
     }
 }
 
@@ -83,7 +103,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(Ok(match std::task::ready!(this.future.poll(cx)) {
+        let result = match this.state.project() {
+            StateProj::Called { future } => std::task::ready!(future.poll(cx)),
+            StateProj::Failed { error } => Err(error
+                .take()
+                .unwrap_or(ProxyError::Internal("a finished answer was polled again"))),
+        };
+        Poll::Ready(Ok(match result {
             Ok(response) => response,
             Err(e) => answer(e, this.id.as_ref()),
         }))

@@ -24,6 +24,7 @@ use super::inspect::peek;
 use super::request::Routed;
 use crate::auth::expiry::{is_non_ssp_refusal, LOGIN_PAGE_SCAN};
 use crate::body::ProxyBody;
+use crate::canonical::CanonicalPath;
 use crate::error::ProxyError;
 use crate::routes::has_ssp;
 
@@ -95,7 +96,7 @@ where
                 settings: self.settings.clone(),
                 route: r.facts.route,
                 identity: r.facts.identity,
-                path: r.path.to_string(),
+                path: r.path.clone(),
             });
         ResponseFuture::Waiting {
             future: self.inner.call(req),
@@ -110,7 +111,7 @@ struct Watch {
     settings: Arc<HintSettings>,
     route: Option<usize>,
     identity: usize,
-    path: String,
+    path: CanonicalPath,
 }
 
 pin_project! {
@@ -193,7 +194,6 @@ pub(crate) fn hint(route: Option<&str>, identity: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canonical::CanonicalPath;
     use crate::stack::request::RouteFacts;
     use tower::ServiceExt;
 

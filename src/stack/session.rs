@@ -4,8 +4,10 @@
 //! On the way in, for the identity the route chose:
 //! 1. the current session is taken (a login first when there is none: single flight, with the
 //!    back-off; see [`crate::auth`]);
-//! 2. the client's own credentials are removed (`Cookie`, `BPMCSRF`, `Authorization`,
-//!    `X-Api-Key`, and `Set-Cookie` lines some ESBs send back as request headers);
+//! 2. the client's hop-by-hop headers (and every header its `Connection` names) and its own
+//!    credentials are removed (`Cookie`, `BPMCSRF`, `Authorization`, `X-Api-Key`, and
+//!    `Set-Cookie` lines some ESBs send back as request headers), in that order, before the
+//!    session goes on: no client header can take the session off the request;
 //! 3. the session is attached: the `Cookie` line and a `BPMCSRF` header equal to the BPMCSRF
 //!    cookie (forms), or `Authorization: Bearer` (oauth2); and `ForceUseSession: true` unless
 //!    the client sent its own (Creatio documents it on OData 3/4 requests, not only on login).
@@ -19,16 +21,20 @@
 //! - The answer to the proxy's own login creates it ([`crate::auth`]).
 //! - Answers to forwarded requests may refresh it (sliding renewal of `.ASPXAUTH`, a new
 //!   `BPMCSRF`), because Creatio renews the session on any request, and a forwarded request is
-//!   sent with the identity's session, on its behalf. Except:
-//!   - answers to requests on Creatio's authentication endpoints (a canonical path with a
-//!     segment `AuthService.svc` or `Login`, in any case): there a client could log in as
+//!   sent with the identity's session, on its behalf. Only in place: a session cookie
+//!   (`.ASPXAUTH`, `BPMCSRF`, `BPMLOADER`, `UserName`) takes a new value only where the jar
+//!   already holds it, on the same path; it is never added on another path and never removed
+//!   ([`crate::auth::Jar::apply_forwarded`]). And never from:
+//!   - answers to requests on anything that may be an authentication endpoint: a canonical
+//!     path with a segment containing `auth`, `login`, `logon`, `logout`, `sso`, `saml`,
+//!     `oauth`, `openid`, `token` or `password`, in any case (`AuthService.svc/SsoLogin`, the
+//!     `/Login/` pages, a custom service's `Login` method). There a client could log in as
 //!     another user, and the answer would swap the shared session under every other client.
-//!     The proxy answers `Login` and `Logout` itself (the client-login layer); this rule covers
-//!     every other endpoint there (`SsoLogin`, the login pages).
+//!     The proxy answers `Login` and `Logout` itself (the client-login layer);
 //!   - answers whose cookies name another user (`UserName`, [`crate::auth::Jar::changes_user`]):
 //!     refused whole and logged, wherever they come from;
-//!   - answers that say the session expired: the session is about to be replaced, and a cookie
-//!     cleared by such an answer must not spoil it for requests still using it;
+//!   - answers that say, or may say, the session expired (including an HTML 200, which may be
+//!     the login page): the session is about to be replaced;
 //!   - answers to a session that has been replaced since (a late answer): ignored by
 //!     generation.
 //!
@@ -48,7 +54,7 @@ use crate::auth::{Absorbed, Identity, LoginContext, Session};
 use crate::body::ProxyBody;
 use crate::canonical::CanonicalPath;
 use crate::error::ProxyError;
-use crate::upstream::{strip_client_credentials, BPMCSRF_HEADER};
+use crate::upstream::{remove_hop_by_hop, strip_client_credentials, BPMCSRF_HEADER};
 
 /// Creatio's header that asks it to use the session the request carries.
 pub(crate) static FORCE_USE_SESSION: HeaderName = HeaderName::from_static("forceusesession");
@@ -126,8 +132,9 @@ where
                 generation: session.generation,
             });
             if response.headers().contains_key(header::SET_COOKIE) {
-                let expired = classify(response.status(), response.headers()) == Verdict::Expired;
-                if absorb && !expired {
+                // An HTML 200 may be the login page: its cookies wait for nobody (rare).
+                let plain = classify(response.status(), response.headers()) == Verdict::Pass;
+                if absorb && plain {
                     let outcome = identity.absorb(session.generation, response.headers());
                     if outcome == Absorbed::RefusedOtherUser {
                         tracing::warn!(
@@ -143,8 +150,13 @@ where
     }
 }
 
-/// Rules 2 and 3: the client's credentials out, the session in.
+/// Rules 2 and 3: the client's hop-by-hop headers and credentials out, the session in.
+///
+/// Hop-by-hop headers go first: a client's `Connection: cookie, bpmcsrf` names headers to drop
+/// on the next hop, and dropping them after the session is attached would send Creatio an
+/// unauthenticated request (a re-login, then a pause of re-logins, for every client).
 pub(crate) fn attach(headers: &mut HeaderMap, session: &Session) {
+    remove_hop_by_hop(headers);
     strip_client_credentials(headers);
     if let Some(cookie) = &session.cookie {
         headers.insert(header::COOKIE, cookie.clone());
@@ -160,11 +172,18 @@ pub(crate) fn attach(headers: &mut HeaderMap, session: &Session) {
     }
 }
 
-/// False for Creatio's authentication endpoints (see the module docs): their answers never
-/// change the jar.
+/// Words that mark a path segment as part of an authentication endpoint.
+const AUTH_WORDS: [&str; 10] = [
+    "auth", "login", "logon", "logout", "sso", "saml", "oauth", "openid", "token", "password",
+];
+
+/// False for anything that may be an authentication endpoint (see the module docs): a path
+/// with a segment that contains one of [`AUTH_WORDS`], in any case. Broad on purpose: an
+/// answer not taken costs at most a sliding renewal, which the next answer brings again.
 pub(crate) fn may_change_jar(path: &CanonicalPath) -> bool {
     !path.as_str().split('/').any(|segment| {
-        segment.eq_ignore_ascii_case("authservice.svc") || segment.eq_ignore_ascii_case("login")
+        let lower = segment.to_ascii_lowercase();
+        AUTH_WORDS.iter().any(|w| lower.contains(w))
     })
 }
 
@@ -176,7 +195,10 @@ mod tests {
     fn answers_from_authentication_endpoints_never_change_the_jar() {
         let cases = [
             ("/0/odata/Contact", true),
-            ("/0/rest/UsrService/Loginx", true),
+            ("/0/rest/UsrService/GetCases", true),
+            ("/0/rest/UsrService/Loginx", false),
+            ("/0/rest/UsrOAuthCallback/Done", false),
+            ("/0/ServiceModel/PasswordRecovery.svc/Reset", false),
             ("/ServiceModel/AuthService.svc/SsoLogin", false),
             ("/0/ServiceModel/AUTHSERVICE.SVC/Anything", false),
             ("/Login/NuiLogin.aspx", false),
@@ -222,6 +244,20 @@ mod tests {
                 ],
                 &[
                     ("accept", "*/*"),
+                    ("cookie", ".ASPXAUTH=t; BPMCSRF=c"),
+                    ("bpmcsrf", "c"),
+                    ("forceusesession", "true"),
+                ],
+            ),
+            (
+                &[
+                    (
+                        "connection",
+                        "cookie, bpmcsrf, authorization, forceusesession",
+                    ),
+                    ("te", "trailers"),
+                ],
+                &[
                     ("cookie", ".ASPXAUTH=t; BPMCSRF=c"),
                     ("bpmcsrf", "c"),
                     ("forceusesession", "true"),

@@ -36,6 +36,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::Uri;
 
 /// Why a path has no canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,25 +132,42 @@ impl fmt::Display for PathError {
 impl std::error::Error for PathError {}
 
 /// A request path in its canonical form (see the module docs). Only [`CanonicalPath::parse`]
-/// builds one.
-#[derive(Clone, PartialEq, Eq)]
+/// and [`CanonicalPath::of_request`] build one.
+#[derive(Clone)]
 pub(crate) struct CanonicalPath {
-    /// Decoded, slashes collapsed, valid UTF-8, starts with `/`. Shared: the layers below the
-    /// route layer (and a replay) copy it for free.
-    text: std::sync::Arc<str>,
+    /// Decoded, slashes collapsed, valid UTF-8, starts with `/`. Cheap to copy: the layers
+    /// below the route layer (and a replay) share it.
+    text: Text,
     /// `text` is also its own encoding (nothing outside `pchar`), so it is forwarded as is.
     plain: bool,
 }
 
+/// Where the canonical text lives.
+#[derive(Clone)]
+enum Text {
+    /// A path of its own (decoded, or parsed from a `&str`).
+    Own(Arc<str>),
+    /// The request's own path, already canonical (the common case: no copy at all).
+    Request(PathAndQuery),
+}
+
+impl PartialEq for CanonicalPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CanonicalPath {}
+
 impl fmt::Debug for CanonicalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.text, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for CanonicalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -191,6 +212,22 @@ fn is_confusable(c: char) -> bool {
         || c.to_lowercase().any(|l| l.is_ascii())
 }
 
+/// True when `raw` (starting with `/`) is already canonical and plain: nothing to decode,
+/// collapse or check further. Most requests are.
+fn is_simple(raw: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in raw {
+        if !is_plain(b)
+            || (b == b'/' && (prev == b'/' || prev == b'.'))
+            || (b == b'(' && prev == b'/')
+        {
+            return false;
+        }
+        prev = b;
+    }
+    prev != b'.'
+}
+
 impl CanonicalPath {
     /// Parses a raw request path (no query) into its canonical form, or says why it has none.
     pub(crate) fn parse(raw: &str) -> Result<CanonicalPath, PathError> {
@@ -198,26 +235,27 @@ impl CanonicalPath {
         if bytes.first() != Some(&b'/') {
             return Err(PathError::NotOrigin);
         }
-        // Fast path: nothing to decode, collapse or check further. Most requests take it.
-        let mut prev = 0u8;
-        let mut simple = true;
-        for &b in bytes {
-            if !is_plain(b)
-                || (b == b'/' && (prev == b'/' || prev == b'.'))
-                || (b == b'(' && prev == b'/')
-            {
-                simple = false;
-                break;
-            }
-            prev = b;
-        }
-        if simple && prev != b'.' {
+        if is_simple(bytes) {
             return Ok(CanonicalPath {
-                text: raw.into(),
+                text: Text::Own(raw.into()),
                 plain: true,
             });
         }
         Self::parse_slow(bytes)
+    }
+
+    /// [`CanonicalPath::parse`] of a request's path; when it is already canonical, the
+    /// request's own bytes are kept rather than copied.
+    pub(crate) fn of_request(uri: &Uri) -> Result<CanonicalPath, PathError> {
+        match uri.path_and_query() {
+            Some(pq) if pq.path().starts_with('/') && is_simple(pq.path().as_bytes()) => {
+                Ok(CanonicalPath {
+                    text: Text::Request(pq.clone()),
+                    plain: true,
+                })
+            }
+            _ => Self::parse(uri.path()),
+        }
     }
 
     fn parse_slow(bytes: &[u8]) -> Result<CanonicalPath, PathError> {
@@ -284,28 +322,31 @@ impl CanonicalPath {
         }
         let plain = out.bytes().all(is_plain);
         Ok(CanonicalPath {
-            text: out.into(),
+            text: Text::Own(out.into()),
             plain,
         })
     }
 
     /// The canonical path (decoded).
     pub(crate) fn as_str(&self) -> &str {
-        &self.text
+        match &self.text {
+            Text::Own(text) => text,
+            Text::Request(pq) => pq.path(),
+        }
     }
 
     /// The path as sent to Creatio: bytes outside `pchar` percent-encoded (upper-case hex).
     pub(crate) fn encoded(&self) -> Cow<'_, str> {
         if self.plain {
-            return Cow::Borrowed(&self.text);
+            return Cow::Borrowed(self.as_str());
         }
-        encode(&self.text).into()
+        encode(self.as_str()).into()
     }
 
     /// True when decoding and re-encoding leave `raw` as it was: the client's bytes can be
     /// forwarded unchanged.
     pub(crate) fn is_spelled(&self, raw: &str) -> bool {
-        self.plain && *self.text == *raw
+        self.plain && self.as_str() == raw
     }
 }
 
@@ -437,6 +478,24 @@ mod tests {
             let got = CanonicalPath::parse(raw);
             let got = got.as_ref().map(CanonicalPath::as_str).map_err(|e| *e);
             assert_eq!(got, *want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_requests_path_reads_the_same_as_the_text() {
+        for raw in [
+            "/0/odata/Contact?$top=1",
+            "http://127.0.0.1:5080/0/rest/UsrPortal%53ervice/x?a=b",
+            "/0//odata/Contact/",
+            "/0/%2e%2e/x",
+            "/(S(x))/0",
+        ] {
+            let uri: Uri = raw.parse().expect("uri");
+            assert_eq!(
+                CanonicalPath::of_request(&uri),
+                CanonicalPath::parse(uri.path()),
+                "{raw}"
+            );
         }
     }
 

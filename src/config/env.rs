@@ -107,13 +107,12 @@ fn override_key(name: &str) -> Option<String> {
     Some(key.to_ascii_lowercase())
 }
 
-/// Secret keys are meant to be left to [`apply_secret_env`]. Kept exactly as it was before the
-/// module split: the comparison is case-sensitive on the key as the variable spells it, so the
-/// usual upper-case `CREATIO_PROXY_AUTH__PASSWORD` is *not* filtered. It reaches figment too;
-/// for a forms identity [`apply_secret_env`] then replaces the value with the raw text, but for
-/// an oauth2 `[auth]` the figment value stays and is refused as a forms key (a known issue,
-/// reported, not changed here).
+/// Secret keys are left to [`apply_secret_env`], which reads them raw (leading zeros kept) and
+/// only for the mode that uses them, so a `CREATIO_PROXY_AUTH__PASSWORD` exported for another
+/// setup does not make an oauth2 `[auth]` invalid. Compared ignoring case, as variables are
+/// usually spelled in upper case.
 fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
     key.ends_with(".password") || key.ends_with(".client_secret")
 }
 
@@ -187,6 +186,14 @@ mod tests {
             panic!("an oauth2 identity")
         };
         assert_eq!(o.client_secret.expose(), "007");
+    }
+
+    #[test]
+    fn a_password_variable_does_not_spoil_an_oauth2_identity() {
+        let c = load_env(OAUTH, &[("CREATIO_PROXY_AUTH__PASSWORD", "not-used")]).expect("loads");
+        assert!(matches!(c.identities[0].login, LoginConfig::OAuth2(_)));
+        let c = load_env(MINIMAL, &[("CREATIO_PROXY_AUTH__CLIENT_SECRET", "x")]).expect("loads");
+        assert!(matches!(c.identities[0].login, LoginConfig::Forms { .. }));
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! 2. Creatio's answer head must arrive within `server.upstream_timeout`: else 504. A failure
 //!    to connect or exchange is 502, with the diagnosis of [`crate::diagnosis`] and the
 //!    underlying error kept as the source.
-//! 3. The wait for the head is observed per route (`creatio_proxy_upstream_seconds`), and the
+//! 3. The wait for the head is observed per route (`creatio_proxy_upstream_duration_seconds`), and the
 //!    answer's body bytes are counted as they stream to the client.
+//!
+//! The timeout is written here rather than with tower-http's `TimeoutLayer`, which answers 408
+//! (the client was too slow); a slow Creatio is the contract's 504 JSON, with its own code.
 
 use std::future::Future;
 use std::pin::Pin;

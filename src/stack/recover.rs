@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
 
@@ -160,6 +160,40 @@ async fn inspect(
     }
 }
 
+/// What a replay needs of the first request: its head and the route decision (the other
+/// extensions are for the layers above, which see the request once).
+struct Spare {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    routed: Option<Routed>,
+}
+
+impl Spare {
+    fn of(parts: &Parts) -> Self {
+        Spare {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            routed: parts.extensions.get::<Routed>().cloned(),
+        }
+    }
+
+    fn request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        if let Some(routed) = self.routed {
+            req.extensions_mut().insert(routed);
+        }
+        req
+    }
+}
+
 fn with_outcome(mut response: Response<ProxyBody>, relogin: bool) -> Response<ProxyBody> {
     let upstream_status = response.status().as_u16();
     response.extensions_mut().insert(Outcome {
@@ -184,9 +218,10 @@ where
         .ok_or(ProxyError::Internal("no route decision"))?;
     let (parts, body) = req.into_parts();
     let (first, replay) = match prepare(body, settings.replay_limit, settings.timeout).await? {
-        Prepared::Replayable(bytes) => {
-            (ProxyBody::full(bytes.clone()), Some((parts.clone(), bytes)))
-        }
+        Prepared::Replayable(bytes) => (
+            ProxyBody::full(bytes.clone()),
+            Some((Spare::of(&parts), bytes)),
+        ),
         Prepared::Streaming(body) => (body, None),
     };
     let response = inner.call(Request::from_parts(parts, first)).await?;
@@ -207,7 +242,7 @@ async fn recover<S>(
     settings: Arc<RecoverSettings>,
     identity: Arc<Identity>,
     stale: Option<u64>,
-    replay: Option<(Parts, Bytes)>,
+    replay: Option<(Spare, Bytes)>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
@@ -223,14 +258,12 @@ where
     identity
         .renew(&settings.login, Some(stale.unwrap_or(0)))
         .await?;
-    let Some((parts, bytes)) = replay else {
+    let Some((spare, bytes)) = replay else {
         identity.metrics().replay(Replay::NotReplayable);
         return Err(ProxyError::ExpiredDuringUpload);
     };
     let svc = inner.ready().await?;
-    let response = svc
-        .call(Request::from_parts(parts, ProxyBody::full(bytes)))
-        .await?;
+    let response = svc.call(spare.request(ProxyBody::full(bytes))).await?;
     match inspect(response, settings.timeout).await? {
         Some(response) => {
             identity.replay_worked();

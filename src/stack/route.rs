@@ -96,7 +96,7 @@ where
 
 /// Rules 1 to 4 for one request: the decision, with the request's URI set to Creatio's.
 fn decide<B>(settings: &Settings, req: &mut Request<B>) -> Result<Routed, ProxyError> {
-    let path = CanonicalPath::parse(req.uri().path()).map_err(ProxyError::Path)?;
+    let path = CanonicalPath::of_request(req.uri()).map_err(ProxyError::Path)?;
     let decision = settings.table.decide(&path).ok_or(ProxyError::NoRoute)?;
     let uri = upstream_uri(&settings.creatio, &path, req.uri(), decision.ssp)?;
     let client_host = req.headers_mut().remove(header::HOST).or_else(|| {

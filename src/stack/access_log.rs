@@ -7,8 +7,8 @@
 //!    request was replayed after a re-login, and the latency. Never a header value.
 //! 2. A proxy-made error (the error layer puts it on the answer) is also logged on its own line:
 //!    at `error` for 5xx (an operator must act), at `debug` for the client's mistakes.
-//! 3. The route and identity are decided further in; the route layer writes them into a
-//!    [`RouteSlot`] this layer puts in the request.
+//! 3. The route and identity are decided further in; the route layer writes them into the
+//!    request's [`RequestInfo`], which this layer keeps.
 //! 4. A client that hangs up before the answer's head is ready still gets its line and its
 //!    count, with status 499 (nginx's "client closed request"): an operator sees the requests
 //!    that Creatio was too slow for.
@@ -27,7 +27,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::request::{Outcome, RequestId, RouteFacts, RouteSlot};
+use super::request::{Outcome, RequestInfo, RouteFacts};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 
@@ -96,15 +96,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let slot = RouteSlot::default();
-        req.extensions_mut().insert(slot.clone());
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let record = Record {
             started: Instant::now(),
-            id: req.extensions().get::<RequestId>().cloned(),
+            info: req.extensions().get::<Arc<RequestInfo>>().cloned(),
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
-            slot,
             settings: self.settings.clone(),
         };
         ResponseFuture {
@@ -118,10 +115,9 @@ where
 #[derive(Debug)]
 struct Record {
     started: Instant,
-    id: Option<RequestId>,
+    info: Option<Arc<RequestInfo>>,
     method: Method,
     path: Option<PathAndQuery>,
-    slot: RouteSlot,
     settings: Arc<AccessSettings>,
 }
 
@@ -164,7 +160,7 @@ where
 impl Record {
     fn write(self, status: u16, extensions: Option<&http::Extensions>) {
         let settings = &self.settings;
-        let facts: Option<RouteFacts> = self.slot.0.get().copied();
+        let facts: Option<RouteFacts> = self.info.as_ref().and_then(|i| i.route.get().copied());
         let route = facts
             .and_then(|f| f.route)
             .and_then(|r| settings.route_prefixes.get(r));
@@ -173,9 +169,9 @@ impl Record {
             metrics.count(&self.method, status);
         }
         let id = self
-            .id
+            .info
             .as_ref()
-            .and_then(|id| id.0.to_str().ok())
+            .and_then(|i| i.id.to_str().ok())
             .unwrap_or("");
         let path = match &self.path {
             Some(pq) if settings.log_query => pq.as_str(),
@@ -223,13 +219,20 @@ mod tests {
     ) -> impl Service<Request<()>, Response = Response<()>, Error = std::convert::Infallible> + Clone
     {
         tower::service_fn(move |req: Request<()>| async move {
-            if let (Some(f), Some(slot)) = (facts, req.extensions().get::<RouteSlot>()) {
-                let _ = slot.0.set(f);
+            if let (Some(f), Some(info)) = (facts, req.extensions().get::<Arc<RequestInfo>>()) {
+                let _ = info.route.set(f);
             }
             let mut r = Response::new(());
             *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
             Ok::<_, std::convert::Infallible>(r)
         })
+    }
+
+    /// A request as the request-id layer leaves it.
+    fn with_info(mut req: Request<()>) -> Request<()> {
+        req.extensions_mut()
+            .insert(RequestInfo::new(http::HeaderValue::from_static("rid")));
+        req
     }
 
     /// The value of `requests_total` for `route` and status class `status`, if any.
@@ -267,7 +270,7 @@ mod tests {
         for (facts, status) in [(portal, 200), (portal, 502), (default, 200), (None, 401)] {
             let r = layer
                 .layer(routed(facts, status))
-                .oneshot(Request::new(()))
+                .oneshot(with_info(Request::new(())))
                 .await
                 .expect("answer");
             assert_eq!(r.status().as_u16(), status);
@@ -287,8 +290,8 @@ mod tests {
 
         // A client that leaves before the answer: counted as a 4xx (499) under its route.
         let never = tower::service_fn(|req: Request<()>| async move {
-            if let Some(slot) = req.extensions().get::<RouteSlot>() {
-                let _ = slot.0.set(RouteFacts {
+            if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
+                let _ = info.route.set(RouteFacts {
                     route: Some(0),
                     identity: 1,
                 });
@@ -296,7 +299,7 @@ mod tests {
             std::future::pending::<Result<Response<()>, std::convert::Infallible>>().await
         });
         let mut service = layer.layer(never);
-        let mut future = Box::pin(service.call(Request::new(())));
+        let mut future = Box::pin(service.call(with_info(Request::new(()))));
         let waker = std::task::Waker::noop();
         assert!(future
             .as_mut()

@@ -19,7 +19,7 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::request::RequestId;
+use super::request::RequestInfo;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
@@ -66,7 +66,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
+        let id = req
+            .extensions()
+            .get::<Arc<RequestInfo>>()
+            .map(|info| info.id.clone());
         let state = match self.unready.take() {
             // Not ready: the inner service must not be called; the request gets the error.
             Some(e) => State::Failed { error: Some(e) },
@@ -153,7 +156,7 @@ mod tests {
             });
             let mut req = Request::new(());
             req.extensions_mut()
-                .insert(RequestId(HeaderValue::from_static("rid-1")));
+                .insert(RequestInfo::new(HeaderValue::from_static("rid-1")));
             let r = ErrorLayer
                 .layer(failing)
                 .oneshot(req)

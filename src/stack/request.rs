@@ -7,13 +7,30 @@ use http::HeaderValue;
 
 use crate::canonical::CanonicalPath;
 
-/// The request's id (the client's sane `x-request-id`, or a new one). Written by the
-/// request-id layer, read by the error layer for the JSON body.
-#[derive(Clone, Debug)]
-pub(crate) struct RequestId(pub(crate) HeaderValue);
+/// What the outer layers need to know about a request, in one allocation: its id (the
+/// client's sane `x-request-id`, or a new one: written by the request-id layer, read by the
+/// access log and the error layer) and, once decided, its route (written once by the route
+/// layer, read by the access log and the metrics, which sit outside it). Travels as
+/// `Arc<RequestInfo>` in the request's extensions.
+#[derive(Debug)]
+pub(crate) struct RequestInfo {
+    /// The request id.
+    pub(crate) id: HeaderValue,
+    /// The route and identity, once the route layer has decided.
+    pub(crate) route: OnceLock<RouteFacts>,
+}
 
-/// Which route and identity served the request, for the access log and the metrics, which
-/// sit outside the layer that decides. Written once by the route layer.
+impl RequestInfo {
+    /// The info of a request with id `id`, not routed yet.
+    pub(crate) fn new(id: HeaderValue) -> Arc<Self> {
+        Arc::new(RequestInfo {
+            id,
+            route: OnceLock::new(),
+        })
+    }
+}
+
+/// Which route and identity served the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RouteFacts {
     /// Index of the matched route in the config, `None` for the default.
@@ -21,11 +38,6 @@ pub(crate) struct RouteFacts {
     /// Index of the identity.
     pub(crate) identity: usize,
 }
-
-/// A slot the access-log layer puts in the request and reads back when the answer (or the
-/// error) comes out.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RouteSlot(pub(crate) Arc<OnceLock<RouteFacts>>);
 
 /// The route layer's decision, for the layers below it.
 #[derive(Clone, Debug)]

@@ -6,8 +6,8 @@
 //!    Anything else is replaced: the id is written into every log line and JSON error body.
 //! 2. A new id is 24 hex digits: 8 of a per-process random seed, 16 of a scrambled counter
 //!    (unique within the process, unlikely to repeat across restarts, no lock, no syscall).
-//! 3. The id goes into the request's extensions ([`RequestId`]) for the layers below, and onto
-//!    the answer, whatever the answer is.
+//! 3. The id goes into the request's extensions ([`RequestInfo`]) for the layers below, and
+//!    onto the answer, whatever the answer is.
 //!
 //! Hand-written rather than tower-http's `SetRequestId` + `PropagateRequestId`: those keep any
 //! id the client sends (rule 1), and take two layers and two header writes for one header.
@@ -22,7 +22,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::request::RequestId as Id;
+use super::request::RequestInfo;
 
 /// The request id header, read from clients and set on every answer.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -59,7 +59,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = request_id(req.headers());
-        req.extensions_mut().insert(Id(id.clone()));
+        req.extensions_mut().insert(RequestInfo::new(id.clone()));
         ResponseFuture {
             future: self.inner.call(req),
             id: Some(id),
@@ -142,8 +142,8 @@ mod tests {
         tower::service_fn(|req: Request<()>| async move {
             let id = req
                 .extensions()
-                .get::<Id>()
-                .map(|id| String::from_utf8_lossy(id.0.as_bytes()).into_owned())
+                .get::<std::sync::Arc<RequestInfo>>()
+                .map(|info| String::from_utf8_lossy(info.id.as_bytes()).into_owned())
                 .unwrap_or_default();
             Ok::<_, std::convert::Infallible>(Response::new(id))
         })

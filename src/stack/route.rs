@@ -22,7 +22,7 @@ use http::{Request, Response, Uri};
 use tower::{Layer, Service};
 
 use super::future::Decided;
-use super::request::{RouteFacts, RouteSlot, Routed};
+use super::request::{RequestInfo, RouteFacts, Routed};
 use crate::body::ProxyBody;
 use crate::canonical::CanonicalPath;
 use crate::config::CreatioUrl;
@@ -86,8 +86,8 @@ where
             Ok(routed) => routed,
             Err(e) => return Decided::ready(Err(e)),
         };
-        if let Some(slot) = req.extensions().get::<RouteSlot>() {
-            let _ = slot.0.set(routed.facts);
+        if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
+            let _ = info.route.set(routed.facts);
         }
         req.extensions_mut().insert(routed);
         Decided::inner(self.inner.call(req))

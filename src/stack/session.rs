@@ -122,7 +122,8 @@ where
         let settings = self.settings.clone();
         let routed = req.extensions().get::<Routed>();
         let identity = routed.and_then(|r| settings.identities.get(r.facts.identity).cloned());
-        let absorb = routed.is_some_and(|r| may_change_jar(&r.path));
+        // Only needed when the answer carries Set-Cookie (rare): a cheap copy of the path.
+        let path = routed.map(|r| r.path.clone());
         Box::pin(async move {
             let identity = identity.ok_or(ProxyError::Internal("no route decision"))?;
             let session = identity.session(&settings.login).await?;
@@ -132,22 +133,34 @@ where
                 generation: session.generation,
             });
             if response.headers().contains_key(header::SET_COOKIE) {
-                // An HTML 200 may be the login page: its cookies wait for nobody (rare).
-                let plain = classify(response.status(), response.headers()) == Verdict::Pass;
-                if absorb && plain {
-                    let outcome = identity.absorb(session.generation, response.headers());
-                    if outcome == Absorbed::RefusedOtherUser {
-                        tracing::warn!(
-                            identity = %identity.name(),
-                            "Creatio answered with the cookies of another user; the identity's session was not changed"
-                        );
-                    }
-                }
-                response.headers_mut().remove(header::SET_COOKIE);
+                absorb(&identity, session.generation, path.as_ref(), &mut response);
             }
             Ok(response)
         })
     }
+}
+
+/// Rules 4 and 5 for an answer that carries `Set-Cookie`: the jar may take it (see the module
+/// docs), the client never sees it.
+fn absorb(
+    identity: &Identity,
+    generation: u64,
+    path: Option<&CanonicalPath>,
+    response: &mut Response<ProxyBody>,
+) {
+    // An HTML 200 may be the login page, a 401 or a redirect to it ends the session: none of
+    // these changes the jar.
+    let plain = classify(response.status(), response.headers()) == Verdict::Pass;
+    if plain && path.is_some_and(may_change_jar) {
+        let outcome = identity.absorb(generation, response.headers());
+        if outcome == Absorbed::RefusedOtherUser {
+            tracing::warn!(
+                identity = %identity.name(),
+                "Creatio answered with the cookies of another user; the identity's session was not changed"
+            );
+        }
+    }
+    response.headers_mut().remove(header::SET_COOKIE);
 }
 
 /// Rules 2 and 3: the client's hop-by-hop headers and credentials out, the session in.

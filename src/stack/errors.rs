@@ -72,7 +72,9 @@ where
             .map(|info| info.id.clone());
         let state = match self.unready.take() {
             // Not ready: the inner service must not be called; the request gets the error.
-            Some(e) => State::Failed { error: Some(e) },
+            Some(e) => State::Failed {
+                error: Some(Box::new(e)),
+            },
             None => State::Called {
                 future: self.inner.call(req),
             },
@@ -94,7 +96,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Called { #[pin] future: F },
-        Failed { error: Option<ProxyError> },
+        Failed { error: Option<Box<ProxyError>> },
     }
 }
 
@@ -108,9 +110,10 @@ where
         let this = self.project();
         let result = match this.state.project() {
             StateProj::Called { future } => std::task::ready!(future.poll(cx)),
-            StateProj::Failed { error } => Err(error
-                .take()
-                .unwrap_or(ProxyError::Internal("a finished answer was polled again"))),
+            StateProj::Failed { error } => Err(error.take().map_or(
+                ProxyError::Internal("a finished answer was polled again"),
+                |e| *e,
+            )),
         };
         Poll::Ready(Ok(match result {
             Ok(response) => response,

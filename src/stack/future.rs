@@ -17,8 +17,9 @@ pin_project! {
     pub(crate) enum Decided<F> {
         /// Passed on.
         Inner { #[pin] future: F },
-        /// Answered here (taken on first poll).
-        Ready { outcome: Option<Result<Response<ProxyBody>, ProxyError>> },
+        /// Answered here (taken on first poll). Boxed: a refusal is rare, and an answer held
+        /// inline would make every request's future (this one nests in it) larger to move.
+        Ready { outcome: Option<Box<Result<Response<ProxyBody>, ProxyError>>> },
         /// Answered here, after some waiting (rare paths only: one allocation).
         Boxed { future: BoxFuture },
     }
@@ -46,7 +47,7 @@ impl<F> Decided<F> {
     /// Answers with `outcome`.
     pub(crate) fn ready(outcome: Result<Response<ProxyBody>, ProxyError>) -> Self {
         Decided::Ready {
-            outcome: Some(outcome),
+            outcome: Some(Box::new(outcome)),
         }
     }
 }
@@ -63,9 +64,10 @@ where
             DecidedProj::Boxed { future } => future.as_mut().poll(cx),
             // Polled again after completion: a bug in the caller; answer with an error
             // rather than panic.
-            DecidedProj::Ready { outcome } => Poll::Ready(outcome.take().unwrap_or(Err(
-                ProxyError::Internal("a finished answer was polled again"),
-            ))),
+            DecidedProj::Ready { outcome } => Poll::Ready(match outcome.take() {
+                Some(outcome) => *outcome,
+                None => Err(ProxyError::Internal("a finished answer was polled again")),
+            }),
         }
     }
 }

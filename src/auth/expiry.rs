@@ -80,6 +80,14 @@ pub(crate) fn is_login_location(location: &str) -> bool {
 
 /// True when the start of an HTML body is Creatio's login page.
 pub(crate) fn is_login_page(head: &[u8]) -> bool {
+    login_page_markers(head) >= 1
+}
+
+/// How many of the login page's markers the start of an HTML body holds. Creatio's page holds
+/// several (the `IndexForm` form posting to `NuiLogin.aspx`, the `AuthService.svc/Login` URL in
+/// its script, the `bootstrap.login` loader); a page of a custom service that merely mentions
+/// one of them holds one.
+pub(crate) fn login_page_markers(head: &[u8]) -> usize {
     const MARKERS: [&[u8]; 4] = [
         b"nuilogin.aspx",
         b"indexform",
@@ -87,7 +95,7 @@ pub(crate) fn is_login_page(head: &[u8]) -> bool {
         b"authservice.svc/login",
     ];
     let head = &head[..head.len().min(LOGIN_PAGE_SCAN)];
-    MARKERS.iter().any(|m| contains_ci(head, m))
+    MARKERS.iter().filter(|m| contains_ci(head, m)).count()
 }
 
 /// True when the start of a 403 is Creatio's "Access to non-SSP API is denied for portal

@@ -6,7 +6,9 @@
 //!    a body and stops sending gets 400 after `server.upstream_timeout`.
 //! 2. Creatio's answer is classified ([`crate::auth::expiry`]): a 301/302/307 to a `/Login/`
 //!    page, a 401, or (reading at most its first 4 KB) a 200 that is the login page means the
-//!    session expired. Every other answer goes to the client as it came.
+//!    session expired; for a request that changes data (not GET, HEAD or OPTIONS) the page must
+//!    show two of the login page's markers, so a custom page that mentions the login URL never
+//!    makes a write run twice. Every other answer goes to the client as it came.
 //! 3. On expiry, the session the request was sent with (its generation, [`SentWith`]) is
 //!    renewed: one login for every request that met the same expiry. The request is then
 //!    replayed once, through the session layer, which attaches the new session.
@@ -31,7 +33,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::future::BoxFuture;
 use super::inspect::peek;
 use super::request::{Outcome, Routed, SentWith};
-use crate::auth::expiry::{classify, is_login_page, Verdict, LOGIN_PAGE_SCAN};
+use crate::auth::expiry::{classify, login_page_markers, Verdict, LOGIN_PAGE_SCAN};
 use crate::auth::{Identity, LoginContext};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
 use crate::error::ProxyError;
@@ -145,9 +147,12 @@ async fn prepare(
     }
 }
 
-/// Rule 2: `None` when the session expired, else the answer (whole again).
+/// Rule 2: `None` when the session expired, else the answer (whole again). An HTML 200 to a
+/// request that changes data must hold two of the login page's markers, not one: replaying a
+/// write after a page that only mentions the login URL would run it twice.
 async fn inspect(
     response: Response<ProxyBody>,
+    method: &Method,
     timeout: Duration,
 ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
     match classify(response.status(), response.headers()) {
@@ -155,7 +160,12 @@ async fn inspect(
         Verdict::Expired => Ok(None),
         Verdict::Inspect => {
             let (response, head) = peek(response, LOGIN_PAGE_SCAN, timeout).await?;
-            Ok((!is_login_page(&head)).then_some(response))
+            let needed = if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                1
+            } else {
+                2
+            };
+            Ok((login_page_markers(&head) < needed).then_some(response))
         }
     }
 }
@@ -217,6 +227,7 @@ where
         .and_then(|r| settings.identities.get(r.facts.identity).cloned())
         .ok_or(ProxyError::Internal("no route decision"))?;
     let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
     let (first, replay) = match prepare(body, settings.replay_limit, settings.timeout).await? {
         Prepared::Replayable(bytes) => (
             ProxyBody::full(bytes.clone()),
@@ -229,7 +240,7 @@ where
         .extensions()
         .get::<SentWith>()
         .map(|s| s.generation);
-    match inspect(response, settings.timeout).await? {
+    match inspect(response, &method, settings.timeout).await? {
         Some(response) => Ok(with_outcome(response, false)),
         // The rare path is boxed so the common path's future stays small.
         None => Box::pin(recover(inner, settings, identity, sent_with, replay)).await,
@@ -262,9 +273,10 @@ where
         identity.metrics().replay(Replay::NotReplayable);
         return Err(ProxyError::ExpiredDuringUpload);
     };
+    let method = spare.method.clone();
     let svc = inner.ready().await?;
     let response = svc.call(spare.request(ProxyBody::full(bytes))).await?;
-    match inspect(response, settings.timeout).await? {
+    match inspect(response, &method, settings.timeout).await? {
         Some(response) => {
             identity.replay_worked();
             identity.metrics().replay(Replay::Ok);
@@ -310,7 +322,14 @@ mod tests {
         (
             StatusCode::OK,
             vec![("content-type", "text/html; charset=utf-8")],
-            "<html><script>Terrasoft.loginUrl = '/ServiceModel/AuthService.svc/Login';</script>",
+            "<html><form name=\"IndexForm\" action=\"./NuiLogin.aspx\"></form><script>Terrasoft.loginUrl = '/ServiceModel/AuthService.svc/Login';</script>",
+        )
+    }
+    fn mentions_login() -> Answer {
+        (
+            StatusCode::OK,
+            vec![("content-type", "text/html; charset=utf-8")],
+            "<html><p>Sign in at /ServiceModel/AuthService.svc/Login</p></html>",
         )
     }
 
@@ -359,6 +378,14 @@ mod tests {
                 status: StatusCode::OK,
                 logins: 2,
                 sent: 2,
+            },
+            Case {
+                name: "a page that only mentions the login URL is an answer to a write",
+                answers: vec![mentions_login(), ok()],
+                body: 10,
+                status: StatusCode::OK,
+                logins: 1,
+                sent: 1,
             },
             Case {
                 name: "expired again after a fresh login",

@@ -24,9 +24,10 @@
 //!    ending in `/` with a path starting with `/` keeps working); a trailing slash is kept.
 //! 5. Refused segments: `.` and `..` (in any spelling), a segment holding `;` (path parameters,
 //!    which some servers strip before routing), a segment ending in `.` or a space (Windows
-//!    drops those, so `Service.` would run as `Service`), and a segment starting with `(`
+//!    drops those, so `Service.` would run as `Service`), a segment starting with `(`
 //!    (ASP.NET's cookieless form `/(S(id))/`, which IIS removes before routing; OData keys
-//!    follow a name, `Contact(1)`, and never start a segment).
+//!    follow a name, `Contact(1)`, and never start a segment), and a segment holding `~` and a
+//!    digit (a Windows short name, `AUTHSE~1.SVC`, which IIS may resolve to the long one).
 //! 6. Case is kept (OData keys are data), and matching folds ASCII case
 //!    ([`starts_with_segments`]).
 //!
@@ -68,6 +69,8 @@ pub(crate) enum PathError {
     TrailingDot,
     /// A segment starting with `(`: ASP.NET's cookieless form, `(S(id))`, which IIS removes.
     Cookieless,
+    /// `~` and a digit in a segment: a Windows short (8.3) name, such as `AUTHSE~1.SVC`.
+    ShortName,
 }
 
 impl PathError {
@@ -85,7 +88,8 @@ impl PathError {
             | PathError::Confusable
             | PathError::Semicolon
             | PathError::TrailingDot
-            | PathError::Cookieless => "ambiguous_path",
+            | PathError::Cookieless
+            | PathError::ShortName => "ambiguous_path",
         }
     }
 }
@@ -114,13 +118,16 @@ impl fmt::Display for PathError {
                 "the path holds a character that Creatio's web server may read as another ASCII letter (such as 'ſ' or a full-width form); send plain ASCII"
             }
             PathError::DotSegment => {
-                "the path contains a '.' or '..' segment (or a backslash); send the path without it"
+                "the path contains a '.' or '..' segment; send the path without it"
             }
             PathError::Semicolon => {
                 "the path holds ';' inside a segment (a path parameter), which servers read differently; send the path without it"
             }
             PathError::TrailingDot => {
                 "a path segment ends in '.' or a space, which Creatio's web server drops; send the path without it"
+            }
+            PathError::ShortName => {
+                "a path segment holds '~' and a digit, a Windows short name (such as AUTHSE~1.SVC) that IIS may read as a long one; send the full name"
             }
             PathError::Cookieless => {
                 "a path segment starts with '(' (ASP.NET's cookieless session form, which Creatio's web server removes); send the path without it"
@@ -232,6 +239,7 @@ fn is_simple(raw: &[u8]) -> bool {
         if !is_plain(b)
             || (b == b'/' && (prev == b'/' || prev == b'.'))
             || (b == b'(' && prev == b'/')
+            || (prev == b'~' && b.is_ascii_digit())
         {
             return false;
         }
@@ -326,6 +334,13 @@ impl CanonicalPath {
             if segment.starts_with('(') {
                 return Err(PathError::Cookieless);
             }
+            if segment
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0] == b'~' && w[1].is_ascii_digit())
+            {
+                return Err(PathError::ShortName);
+            }
             out.push('/');
             out.push_str(segment);
         }
@@ -378,24 +393,28 @@ pub(crate) fn starts_with_segments(path: &str, prefix: &str) -> bool {
 }
 
 /// The part of a canonical path that routes compare: without a leading `/0` segment and then
-/// without an `ssp` segment, when more segments follow. Creatio serves one service under
-/// several of these spellings (`/0/rest/S` on .NET Framework, `/rest/S` on .NET 8, which may
-/// also answer under `/0`, and `/0/ssp/rest/S` for portal users), so a route must catch them
-/// all: `/0/ssp/rest/UsrPortalService/X` and `/rest/UsrPortalService/X` meet the route
-/// `/0/rest/UsrPortalService`. `/0` and `/ssp` alone are kept as they are.
+/// without an `ssp` segment. Creatio serves one service under several of these spellings
+/// (`/0/rest/S` on .NET Framework, `/rest/S` on .NET 8, which may also answer under `/0`, and
+/// `/0/ssp/rest/S` for portal users), so a route must catch them all:
+/// `/0/ssp/rest/UsrPortalService/X` and `/rest/UsrPortalService/X` meet the route
+/// `/0/rest/UsrPortalService`. What is left of `/0`, `/ssp` or `/0/ssp` alone is `/`, so a
+/// route with such a prefix serves every path.
 pub(crate) fn route_key(path: &str) -> &str {
     let mut rest = path;
     for seg in ["/0", "/ssp"] {
         let b = rest.as_bytes();
-        if b.len() > seg.len()
+        if b.len() >= seg.len()
             && b[..seg.len()].eq_ignore_ascii_case(seg.as_bytes())
-            && b[seg.len()] == b'/'
-            && b.len() > seg.len() + 1
+            && b.get(seg.len()).is_none_or(|c| *c == b'/')
         {
             rest = &rest[seg.len()..];
         }
     }
-    rest
+    if rest.is_empty() {
+        "/"
+    } else {
+        rest
+    }
 }
 
 fn encode(text: &str) -> String {
@@ -483,6 +502,10 @@ mod tests {
             ("/0/(A(x))/rest", Err(Cookieless)),
             ("/0/%28S(x))/rest", Err(Cookieless)),
             ("/0/odata/(1)", Err(Cookieless)),
+            ("/ServiceModel/AUTHSE~1.SVC/Login", Err(ShortName)),
+            ("/SERVIC~1/AuthService.svc/Login", Err(ShortName)),
+            ("/SERVIC%7E1/x", Err(ShortName)),
+            ("/a~b/c~/~", Ok("/a~b/c~/~")),
             ("0/odata", Err(NotOrigin)),
             ("", Err(NotOrigin)),
         ];
@@ -543,10 +566,11 @@ mod tests {
             ("/ssp/rest/S/M", "/rest/S/M"),
             ("/rest/S/M", "/rest/S/M"),
             ("/0/SSP/odata/Case", "/odata/Case"),
-            ("/0", "/0"),
-            ("/0/", "/0/"),
-            ("/0/ssp", "/ssp"),
-            ("/ssp", "/ssp"),
+            ("/0", "/"),
+            ("/0/", "/"),
+            ("/0/ssp", "/"),
+            ("/ssp", "/"),
+            ("/ssp/ssp/x", "/ssp/x"),
             ("/00/rest", "/00/rest"),
             ("/0/sspx/rest", "/sspx/rest"),
             ("/", "/"),

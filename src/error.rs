@@ -30,6 +30,10 @@ pub(crate) enum ProxyError {
     /// `unmatched = "deny"` and no route matches.
     #[error("no route serves this path (server.unmatched = \"deny\")")]
     NoRoute,
+    /// A client's request to one of Creatio's authentication endpoints (other than the login
+    /// and logout the proxy answers itself).
+    #[error("the proxy logs in to Creatio itself: Creatio's authentication endpoints and login pages are not forwarded; send your requests without logging in")]
+    AuthEndpoint,
     /// Inbound access check failed.
     #[error(
         "this proxy needs a client token: send Authorization: Bearer <token> or X-Api-Key: <token>"
@@ -115,6 +119,7 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::ClientBodyTimeout(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::AuthEndpoint => StatusCode::FORBIDDEN,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::LoginFailed { .. }
             | ProxyError::Unreachable { .. }
@@ -132,6 +137,7 @@ impl ProxyError {
         match self {
             ProxyError::Path(e) => e.code(),
             ProxyError::NoRoute => "no_route",
+            ProxyError::AuthEndpoint => "auth_endpoint_refused",
             ProxyError::Unauthorized => "client_unauthorized",
             ProxyError::BadRequestTarget => "bad_request_target",
             ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout(_) => "client_body_error",
@@ -181,6 +187,7 @@ impl ProxyError {
             ProxyError::ExpiredDuringUpload => retry_after = Some(0),
             ProxyError::Path(_)
             | ProxyError::NoRoute
+            | ProxyError::AuthEndpoint
             | ProxyError::Unauthorized
             | ProxyError::BadRequestTarget
             | ProxyError::ClientBody(_)

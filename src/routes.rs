@@ -44,7 +44,8 @@ impl RouteTable {
     pub(crate) fn new(config: &Config) -> RouteTable {
         let mut routes: Vec<(usize, RouteConfig)> =
             config.routes.iter().cloned().enumerate().collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
+        // Longest first by what is compared (the route key), so the longest match wins.
+        routes.sort_by_key(|r| std::cmp::Reverse(route_key(&r.1.prefix).len()));
         let default = match config.unmatched {
             Unmatched::Forward => config.default_identity,
             Unmatched::Deny => None,
@@ -247,13 +248,14 @@ mod tests {
         use proptest::prelude::*;
 
         /// Prefixes that share segments and differ in case only where the config allows.
-        const PREFIXES: [&str; 6] = [
+        const PREFIXES: [&str; 7] = [
             "/0/rest",
             "/0/rest/UsrPortalService",
             "/0/rest/UsrPortalServiceX",
+            "/rest/UsrPortalService/GetCases",
             "/0/odata/Case",
-            "/odata/Cash",
             "/0/ssp/odata/Contact",
+            "/0/ssp",
         ];
 
         fn table() -> RouteTable {
@@ -271,7 +273,7 @@ mod tests {
                     )
                 })
                 .collect();
-            routes.sort_by_key(|r| std::cmp::Reverse(r.1.prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(route_key(&r.1.prefix).len()));
             RouteTable {
                 routes,
                 default: Some(99),
@@ -284,6 +286,7 @@ mod tests {
                 Just("0"),
                 Just("rest"),
                 Just("odata"),
+                Just("Contact"),
                 Just("UsrPortalService"),
                 Just("UsrPortalServiceX"),
                 Just("Case"),

@@ -53,6 +53,8 @@ fn portal_spellings() -> Vec<String> {
         // Spellings of the route that Creatio serves the same service under: the client's own
         // /ssp, in any case.
         "/0/ssp/rest/UsrPortalService/GetCases".to_string(),
+        "/0/rest/UsrPortalService/GetCases".to_string(),
+        "/0/rest/usrportalservice/GetCases".to_string(),
         "/0/SSP/rest/UsrPortalService/GetCases".to_string(),
         "/0/%73sp/rest/UsrPortalService/GetCases".to_string(),
     ]);
@@ -63,7 +65,7 @@ fn portal_spellings() -> Vec<String> {
 async fn every_spelling_of_a_route_reaches_creatio_as_its_canonical_form_and_identity() {
     let (emu, proxy, c) = setup().await;
     let spellings = portal_spellings();
-    assert!(spellings.len() >= 25, "{}", spellings.len());
+    assert!(spellings.len() >= 30, "{}", spellings.len());
     for path in &spellings {
         let before = emu.seen().len();
         let r = get(&c, &proxy.url(path)).await;
@@ -300,5 +302,40 @@ async fn a_clients_connection_header_cannot_take_the_session_off_the_request() {
         assert!(!s.headers.contains_key("connection"));
     }
     assert_eq!(emu.logins("Supervisor"), 1, "no re-login");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn creatios_other_authentication_endpoints_are_refused_not_forwarded() {
+    let (emu, proxy, c) = setup().await;
+    let other_user = r#"{"UserName":"portal.user","UserPassword":"portal-pass"}"#;
+    for (method, path) in [
+        (Method::POST, "/ServiceModel/AuthService.svc/SsoLogin"),
+        (Method::POST, "/0/ServiceModel/AuthService%2Esvc/Anything"),
+        (Method::GET, "/Login/NuiLogin.aspx"),
+        (Method::POST, "/0/Login/NuiLogin.aspx"),
+        (Method::POST, "/ServiceModel/AUTHSE~1.SVC/Login"),
+    ] {
+        let r = send(
+            &c,
+            method.clone(),
+            &proxy.url(path),
+            &[("content-type", "application/json")],
+            other_user,
+        )
+        .await;
+        assert!(
+            r.status == StatusCode::FORBIDDEN || r.status == StatusCode::BAD_REQUEST,
+            "{method} {path}: {}",
+            r.text()
+        );
+        let code = r.json()["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            code == "auth_endpoint_refused" || code == "ambiguous_path",
+            "{method} {path}: {code}"
+        );
+    }
+    assert!(emu.seen().is_empty(), "nothing reached Creatio");
+    assert_eq!(emu.login_attempts("portal.user"), 0);
     proxy.stop().await;
 }

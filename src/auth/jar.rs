@@ -1,8 +1,9 @@
 //! The cookie jar of one Creatio session.
 //!
-//! Cookies are keyed by (name, path), as RFC 6265 stores them. Every `Set-Cookie` Creatio sends
-//! is applied: a new value replaces the old one (sliding renewal of `.ASPXAUTH`), an expired one
-//! (`Max-Age=0` or an `Expires` in the past, as ASP.NET clears cookies) removes it. The jar
+//! Cookies are keyed by (name, path), as RFC 6265 stores them. The login's `Set-Cookie` lines
+//! fill the jar ([`Jar::apply`]: a new value replaces the old one, an expired one (`Max-Age=0` or
+//! an `Expires` in the past, as ASP.NET clears cookies) removes it). Answers to forwarded
+//! requests may only renew what is there, in place ([`Jar::apply_forwarded`]). The jar
 //! renders one `Cookie` line with every cookie, longest path first (RFC 6265 §5.4 ordering):
 //! Creatio sets its session cookies on `/` or on the application path, which every proxied
 //! request is under, so path matching per request is not needed and the line is computed once
@@ -17,10 +18,6 @@ pub(crate) const BPMCSRF: &str = "BPMCSRF";
 
 /// The cookie in which Creatio names the logged-in user.
 pub(crate) const USER_NAME: &str = "UserName";
-
-/// The cookies that make up a Creatio session: the forms ticket, the CSRF token, the ASP.NET
-/// session id and the user's name.
-pub(crate) const SESSION_COOKIES: [&str; 4] = [".ASPXAUTH", BPMCSRF, "BPMLOADER", USER_NAME];
 
 /// A set of cookies for one session.
 #[derive(Default, Clone)]
@@ -44,11 +41,11 @@ impl Jar {
         self.apply_with(set_cookie, false)
     }
 
-    /// Applies one `Set-Cookie` header value of an answer to a forwarded request: the session
-    /// cookies ([`SESSION_COOKIES`]) may only take a new value where the jar already holds that
-    /// name on that path (a sliding renewal). They are never added on another path (a second
-    /// `.ASPXAUTH` on a longer path would be sent first and win) and never removed (the session
-    /// layer's expiry handling replaces a session that ended). Other cookies apply as usual.
+    /// Applies one `Set-Cookie` header value of an answer to a forwarded request: a cookie may
+    /// only take a new value where the jar already holds that name on that path (a sliding
+    /// renewal of what the login set). Nothing is added (a second `.ASPXAUTH` on a longer path
+    /// would be sent first and win; a new session cookie could belong to another login) and
+    /// nothing is removed (the expiry handling replaces a session that ended).
     pub(crate) fn apply_forwarded(&mut self, set_cookie: &HeaderValue) -> bool {
         self.apply_with(set_cookie, true)
     }
@@ -60,10 +57,7 @@ impl Jar {
         let Ok(cookie) = Cookie::parse(text.to_string()) else {
             return false;
         };
-        let guarded = forwarded
-            && SESSION_COOKIES
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(cookie.name()));
+        let guarded = forwarded;
         let path = cookie.path().unwrap_or("/").to_string();
         let position = self
             .cookies
@@ -241,8 +235,8 @@ mod tests {
             ),
             (
                 "UsrTheme=dark; path=/",
-                true,
-                ".ASPXAUTH=one; BPMCSRF=csrf1; UsrTheme=dark",
+                false,
+                ".ASPXAUTH=one; BPMCSRF=csrf1",
             ),
         ];
         for (line, changed, after) in cases {

@@ -12,6 +12,11 @@
 //! 2. Any other method on that path gets 405 JSON with `Allow: POST`, as Creatio answers.
 //! 3. `.../ServiceModel/AuthService.svc/Logout` (any method) is acknowledged with `{}`; the
 //!    shared session is not ended.
+//! 4. Every other request to Creatio's authentication endpoints is refused with 403 JSON
+//!    (`auth_endpoint_refused`), never forwarded: any other path with a segment
+//!    `AuthService.svc` (`SsoLogin`, ...), and anything under the login pages (`/Login/...`,
+//!    `/0/Login/...`). Forwarded, they would carry the identity's session next to the client's
+//!    own credentials, and a login or logout there acts on Creatio's side of that session.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,6 +42,8 @@ pub(crate) enum LocalAuth {
     LoginMethodNotAllowed,
     /// Rule 3.
     Logout,
+    /// Rule 4.
+    Refused,
 }
 
 /// Rules 1 to 3: `None` for every other request.
@@ -50,16 +57,27 @@ pub(crate) fn local_auth(method: &Method, path: &CanonicalPath) -> Option<LocalA
         path.len() >= suffix.len() && path[path.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
     if ends(LOGIN) {
-        Some(if method == Method::POST {
+        return Some(if method == Method::POST {
             LocalAuth::Login
         } else {
             LocalAuth::LoginMethodNotAllowed
-        })
-    } else if ends(LOGOUT) {
-        Some(LocalAuth::Logout)
-    } else {
-        None
+        });
     }
+    if ends(LOGOUT) {
+        return Some(LocalAuth::Logout);
+    }
+    let text = std::str::from_utf8(path).unwrap_or("");
+    let mut segments = text.split('/').filter(|s| !s.is_empty()).peekable();
+    if segments.peek().is_some_and(|s| *s == "0") {
+        segments.next();
+    }
+    let login_pages = segments
+        .peek()
+        .is_some_and(|s| s.eq_ignore_ascii_case("login"));
+    let auth_service = text
+        .split('/')
+        .any(|s| s.eq_ignore_ascii_case("authservice.svc"));
+    (login_pages || auth_service).then_some(LocalAuth::Refused)
 }
 
 #[derive(Debug)]
@@ -120,6 +138,7 @@ where
         match local_auth(req.method(), &routed.path) {
             None => Decided::inner(self.inner.call(req)),
             Some(LocalAuth::Logout) => Decided::ready(Ok(json(StatusCode::OK, "{}"))),
+            Some(LocalAuth::Refused) => Decided::ready(Err(ProxyError::AuthEndpoint)),
             Some(LocalAuth::LoginMethodNotAllowed) => {
                 let mut r = json(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -235,8 +254,30 @@ mod tests {
                 Some(LocalAuth::Logout),
             ),
             (Method::POST, "/0/odata/Contact", None),
-            (Method::POST, "/ServiceModel/AuthService.svc/LoginX", None),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/LoginX",
+                Some(LocalAuth::Refused),
+            ),
             (Method::POST, "/ServiceModel/XAuthService.svc/Login", None),
+            (
+                Method::POST,
+                "/ServiceModel/AuthService.svc/SsoLogin",
+                Some(LocalAuth::Refused),
+            ),
+            (
+                Method::GET,
+                "/0/ServiceModel/authservice.svc",
+                Some(LocalAuth::Refused),
+            ),
+            (
+                Method::POST,
+                "/Login/NuiLogin.aspx",
+                Some(LocalAuth::Refused),
+            ),
+            (Method::GET, "/0/login/Login.html", Some(LocalAuth::Refused)),
+            (Method::GET, "/0/rest/UsrService/Login", None),
+            (Method::GET, "/0/odata/Login", None),
             (
                 Method::POST,
                 "/éaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",

@@ -21,16 +21,15 @@
 //! - The answer to the proxy's own login creates it ([`crate::auth`]).
 //! - Answers to forwarded requests may refresh it (sliding renewal of `.ASPXAUTH`, a new
 //!   `BPMCSRF`), because Creatio renews the session on any request, and a forwarded request is
-//!   sent with the identity's session, on its behalf. Only in place: a session cookie
-//!   (`.ASPXAUTH`, `BPMCSRF`, `BPMLOADER`, `UserName`) takes a new value only where the jar
-//!   already holds it, on the same path; it is never added on another path and never removed
-//!   ([`crate::auth::Jar::apply_forwarded`]). And never from:
+//!   sent with the identity's session, on its behalf. Only in place: a cookie takes a new value
+//!   only where the jar already holds it, on the same path; nothing is added and nothing is
+//!   removed ([`crate::auth::Jar::apply_forwarded`]). And never from:
 //!   - answers to requests on anything that may be an authentication endpoint: a canonical
-//!     path with a segment containing `auth`, `login`, `logon`, `logout`, `sso`, `saml`,
-//!     `oauth`, `openid`, `token` or `password`, in any case (`AuthService.svc/SsoLogin`, the
-//!     `/Login/` pages, a custom service's `Login` method). There a client could log in as
+//!     path with a segment containing one of [`AUTH_WORDS`] (`auth`, `login`, `signin`, `sso`,
+//!     `token`, `password`, `session`, ...), in any case. There a client could log in as
 //!     another user, and the answer would swap the shared session under every other client.
-//!     The proxy answers `Login` and `Logout` itself (the client-login layer);
+//!     Creatio's own authentication endpoints never get here: the client-login layer answers
+//!     or refuses them;
 //!   - answers whose cookies name another user (`UserName`, [`crate::auth::Jar::changes_user`]):
 //!     refused whole and logged, wherever they come from;
 //!   - answers that say, or may say, the session expired (including an HTML 200, which may be
@@ -38,7 +37,12 @@
 //!   - answers to a session that has been replaced since (a late answer): ignored by
 //!     generation.
 //!
-//! So a client's request can never change which user an identity's session is.
+//! What this cannot tell apart: a custom service whose path has none of those words and that
+//! logs a client in as another user by credentials would renew `.ASPXAUTH` in place with
+//! another user's ticket (the ticket is opaque; `UserName`, when Creatio sends it, catches
+//! it). No Creatio endpoint does this; a deployment with such a service should route it with
+//! `unmatched = "deny"` or a route of its own. Taking renewals only from requests the proxy
+//! makes itself would close it.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -186,8 +190,22 @@ pub(crate) fn attach(headers: &mut HeaderMap, session: &Session) {
 }
 
 /// Words that mark a path segment as part of an authentication endpoint.
-const AUTH_WORDS: [&str; 10] = [
-    "auth", "login", "logon", "logout", "sso", "saml", "oauth", "openid", "token", "password",
+const AUTH_WORDS: [&str; 15] = [
+    "auth",
+    "login",
+    "logon",
+    "logout",
+    "signin",
+    "signon",
+    "sso",
+    "saml",
+    "oauth",
+    "openid",
+    "token",
+    "password",
+    "credential",
+    "impersonat",
+    "session",
 ];
 
 /// False for anything that may be an authentication endpoint (see the module docs): a path

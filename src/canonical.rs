@@ -632,6 +632,15 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(2000))]
 
             #[test]
+            fn a_request_and_its_text_read_the_same(raw in raw_path()) {
+                // Only what an http::Uri can carry: the fast path for requests must agree with
+                // the parser.
+                if let Ok(uri) = raw.parse::<Uri>() {
+                    prop_assert_eq!(CanonicalPath::of_request(&uri), CanonicalPath::parse(uri.path()));
+                }
+            }
+
+            #[test]
             fn canonical_form_is_a_fixed_point_without_dot_segments(raw in raw_path()) {
                 if let Ok(p) = CanonicalPath::parse(&raw) {
                     let again = CanonicalPath::parse(&p.encoded());
@@ -645,6 +654,7 @@ mod tests {
                     for segment in p.as_str().split('/') {
                         prop_assert!(segment != "." && segment != "..", "{}", raw);
                         prop_assert!(!segment.ends_with('.') && !segment.contains(';'), "{}", raw);
+                        prop_assert!(!segment.ends_with(' ') && !segment.starts_with('('), "{}", raw);
                     }
                 }
             }

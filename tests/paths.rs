@@ -120,6 +120,13 @@ async fn spellings_with_no_single_meaning_are_refused_before_creatio() {
             "ambiguous_path",
         ),
         ("/0/rest/UsrPortal%u0053ervice/GetCases", "ambiguous_path"),
+        ("/(S(x))/0/rest/UsrPortalService/GetCases", "ambiguous_path"),
+        ("/0/(S(x))/rest/UsrPortalService/GetCases", "ambiguous_path"),
+        (
+            "/0/rest/%28F(x))/UsrPortalService/GetCases",
+            "ambiguous_path",
+        ),
+        ("/0/rest/USRPOR~1/GetCases", "ambiguous_path"),
         (
             "/0/rest/UsrPortalService/%2e%2e/GetCases",
             "dot_segment_in_path",

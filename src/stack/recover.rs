@@ -4,8 +4,8 @@
 //! 1. A request body up to `server.replay_buffer` is read into memory before the request goes
 //!    out, so it can be sent again; a larger one streams through once. A client that announces
 //!    a body and stops sending gets 400 after `server.upstream_timeout`.
-//! 2. Creatio's answer is classified ([`crate::auth::expiry`]): a 301/302/307 to a `/Login/`
-//!    page, a 401, or (reading at most its first 4 KB) a 200 that is the login page means the
+//! 2. Creatio's answer is classified ([`crate::auth::expiry`]): a redirect (301, 302, 303, 307,
+//!    308) to a `/Login/` page, a 401, or (reading at most its first 4 KB) a 200 that is the login page means the
 //!    session expired; for a request that changes data (not GET, HEAD or OPTIONS) the page must
 //!    show two of the login page's markers, so a custom page that mentions the login URL never
 //!    makes a write run twice. Every other answer goes to the client as it came.

@@ -66,17 +66,20 @@ pub(crate) fn local_auth(method: &Method, path: &CanonicalPath) -> Option<LocalA
     if ends(LOGOUT) {
         return Some(LocalAuth::Logout);
     }
-    let text = std::str::from_utf8(path).unwrap_or("");
-    let mut segments = text.split('/').filter(|s| !s.is_empty()).peekable();
-    if segments.peek().is_some_and(|s| *s == "0") {
+    // Cheap on the common path: byte slices, a length check before each comparison.
+    let mut segments = path
+        .split(|b| *b == b'/')
+        .filter(|s| !s.is_empty())
+        .peekable();
+    if segments.peek().is_some_and(|s| *s == b"0") {
         segments.next();
     }
     let login_pages = segments
         .peek()
-        .is_some_and(|s| s.eq_ignore_ascii_case("login"));
-    let auth_service = text
-        .split('/')
-        .any(|s| s.eq_ignore_ascii_case("authservice.svc"));
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"login"));
+    let auth_service = path
+        .split(|b| *b == b'/')
+        .any(|s| s.len() == 15 && s.eq_ignore_ascii_case(b"authservice.svc"));
     (login_pages || auth_service).then_some(LocalAuth::Refused)
 }
 

@@ -9,6 +9,8 @@
 //! Every load goes through `Config::load_with_env` with an explicit environment, so a
 //! developer's own `CREATIO_PROXY_*` variables (an exported `CREATIO_PROXY_AUTH__PASSWORD`, say)
 //! cannot change an outcome, and no test touches the process environment.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

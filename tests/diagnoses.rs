@@ -1,6 +1,8 @@
 //! The classic Creatio integration mistakes, each turned into one sentence that says what to
 //! change: in the JSON error body (`diagnosis` + `message`), and for a portal user on a route
 //! without /ssp, a hint header on Creatio's own 403.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! https (TLS end to end, the proxy sees no cookie), absolute-form requests for http, proxy
 //! credentials, and a refused tunnel explained; `insecure_skip_verify` for a certificate the
 //! proxy cannot check.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

@@ -1,6 +1,8 @@
 //! End-to-end behaviour of the gateway: a real proxy server stack and the Creatio emulator on
 //! 127.0.0.1 ephemeral ports, driven by a plain HTTP client that never follows redirects.
 //! Every assertion is on what a user relies on: status, body, what Creatio received, counts.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

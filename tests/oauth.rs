@@ -2,6 +2,8 @@
 //! for many requests, renewal ahead of expiry without making anyone wait, recovery from a
 //! revoked token, each token-endpoint failure told apart, and forms and oauth2 identities side
 //! by side.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

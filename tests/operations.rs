@@ -1,6 +1,8 @@
 //! Running it in production, in-process: the admin endpoints (`/readyz` telling the truth,
 //! `/metrics` counting a scripted flow exactly) and config reloads keeping sessions.
 //! SIGHUP and SIGTERM themselves are driven through the real binary in tests/binary.rs.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! refused with 400 JSON before anything reaches Creatio, or routed and forwarded as its one
 //! canonical form. The emulator decodes paths as IIS does, so a spelling that escaped its
 //! route would show up here as the wrong user or the wrong path on the emulator's side.
+// Test code: a failed expect() is the test failing, never a request path.
+#![allow(clippy::expect_used)]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Shared test helpers: the emulator and the proxy in-process on 127.0.0.1 ephemeral ports,
 //! and a plain hyper client (which never follows redirects).
-#![allow(dead_code, unreachable_pub)]
+// Test set-up: a failed expect() is the test failing, never a request path.
+#![allow(dead_code, unreachable_pub, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

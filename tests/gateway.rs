@@ -44,14 +44,6 @@ async fn setup(
     (emu, proxy, client())
 }
 
-fn last_seen(emu: &Emulator, path: &str) -> creatio_proxy::emulator::SeenRequest {
-    emu.seen()
-        .into_iter()
-        .rev()
-        .find(|s| s.path == path)
-        .unwrap_or_else(|| panic!("Creatio never saw {path}"))
-}
-
 #[tokio::test]
 async fn get_reaches_creatio_with_the_session_cookie_line_and_bpmcsrf() {
     let (emu, proxy, c) = setup(EmulatorOptions::default(), "", "").await;

@@ -189,12 +189,7 @@ async fn a_clients_login_as_another_user_in_any_spelling_never_changes_the_sessi
         // The next request still runs as the configured user.
         let r = get(&c, &proxy.url("/0/odata/Contact")).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
-        let seen = emu.seen();
-        let last = seen
-            .iter()
-            .rev()
-            .find(|s| s.path == "/0/odata/Contact")
-            .expect("seen");
+        let last = last_seen(&emu, "/0/odata/Contact");
         assert_eq!(last.user.as_deref(), Some("Supervisor"), "{path}");
     }
     // The client's credentials never reached Creatio.
@@ -231,12 +226,7 @@ async fn forwarded_requests_carry_force_use_session_unless_the_client_sent_its_o
         get(&c, &proxy.url("/0/odata/Contact")).await.status,
         StatusCode::OK
     );
-    let seen = emu.seen();
-    let s = seen
-        .iter()
-        .rev()
-        .find(|s| s.path == "/0/odata/Contact")
-        .expect("seen");
+    let s = last_seen(&emu, "/0/odata/Contact");
     assert_eq!(s.headers["forceusesession"], "true");
     let r = send(
         &c,
@@ -247,12 +237,7 @@ async fn forwarded_requests_carry_force_use_session_unless_the_client_sent_its_o
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let seen = emu.seen();
-    let s = seen
-        .iter()
-        .rev()
-        .find(|s| s.path == "/0/odata/Account")
-        .expect("seen");
+    let s = last_seen(&emu, "/0/odata/Account");
     let values: Vec<_> = s.headers.get_all("forceusesession").iter().collect();
     assert_eq!(values, vec!["false"]);
     proxy.stop().await;
@@ -267,12 +252,7 @@ async fn the_query_string_passes_unchanged_behind_a_decoded_path() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let seen = emu.seen();
-    let s = seen
-        .iter()
-        .rev()
-        .find(|s| s.path == "/0/odata/Contact")
-        .expect("seen");
+    let s = last_seen(&emu, "/0/odata/Contact");
     assert_eq!(s.raw_path, "/0/odata/Contact");
     assert_eq!(
         s.query.as_deref(),

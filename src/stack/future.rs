@@ -71,3 +71,10 @@ where
         }
     }
 }
+
+/// The inner service that `poll_ready` said is ready, for a future that calls it later; a clone
+/// stays behind for the next request (tower's advice: a clone is not necessarily ready).
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

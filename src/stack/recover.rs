@@ -30,7 +30,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
 
-use super::future::BoxFuture;
+use super::future::{take_ready, BoxFuture};
 use super::inspect::peek;
 use super::request::{Outcome, Routed, SentWith};
 use crate::auth::expiry::{classify, login_page_markers, Verdict, LOGIN_PAGE_SCAN};
@@ -103,9 +103,7 @@ where
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        // The instance that was polled ready goes into the future; a clone stays behind.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         let settings = self.settings.clone();
         Box::pin(forward(inner, settings, req))
     }

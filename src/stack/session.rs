@@ -51,7 +51,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::future::BoxFuture;
+use super::future::{take_ready, BoxFuture};
 use super::request::{Routed, SentWith};
 use crate::auth::expiry::{classify, Verdict};
 use crate::auth::{Absorbed, Identity, LoginContext, Session};
@@ -120,9 +120,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
-        // The instance that was polled ready goes into the future; a clone stays behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let settings = self.settings.clone();
         let routed = req.extensions().get::<Routed>();
         let identity = routed.and_then(|r| settings.identities.get(r.facts.identity).cloned());

@@ -183,6 +183,15 @@ pub async fn serves_contacts_after_one_login(emu: &Emulator, toml: &str) {
     proxy.stop().await;
 }
 
+/// The last request Creatio (the emulator) saw on `path` (the path as it executed it).
+pub fn last_seen(emu: &Emulator, path: &str) -> creatio_proxy::emulator::SeenRequest {
+    emu.seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.path == path)
+        .unwrap_or_else(|| panic!("Creatio never saw {path}"))
+}
+
 /// `POST url` with a JSON body.
 pub async fn post_json(client: &TestClient, url: &str, body: impl Into<Bytes>) -> Reply {
     send(

@@ -23,17 +23,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::*;
 
-const PORTAL: &str = r#"
-[[routes]]
-prefix = "/0/rest/UsrPortalService"
-ssp = SSP
-identity = "portal"
-
-[identities.portal]
-username = "portal.user"
-password = "portal-pass"
-"#;
-
 async fn setup(
     options: EmulatorOptions,
     server_extra: &str,

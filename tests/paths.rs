@@ -11,21 +11,10 @@ use creatio_proxy::emulator::{Emulator, EmulatorOptions};
 use http::{Method, StatusCode};
 use support::*;
 
-/// The portal service is served as `portal.user` under `/ssp`; everything else as Supervisor.
-const PORTAL: &str = r#"
-[[routes]]
-prefix = "/0/rest/UsrPortalService"
-ssp = true
-identity = "portal"
-
-[identities.portal]
-username = "portal.user"
-password = "portal-pass"
-"#;
-
 async fn setup() -> (Emulator, TestProxy, TestClient) {
     let emu = emulator(EmulatorOptions::default()).await;
-    let proxy = proxy_from_toml(&config_toml(&emu, "", PORTAL)).await;
+    // The portal service is served as `portal.user` under `/ssp`; everything else as Supervisor.
+    let proxy = proxy_from_toml(&config_toml(&emu, "", &PORTAL.replace("SSP", "true"))).await;
     (emu, proxy, client())
 }
 

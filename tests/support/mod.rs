@@ -61,6 +61,19 @@ impl TestProxy {
     }
 }
 
+/// A route that sends the emulator's portal service to `portal.user`, with `ssp = SSP` (replace
+/// `SSP` with `true` or `false`).
+pub const PORTAL: &str = r#"
+[[routes]]
+prefix = "/0/rest/UsrPortalService"
+ssp = SSP
+identity = "portal"
+
+[identities.portal]
+username = "portal.user"
+password = "portal-pass"
+"#;
+
 /// The standard config for `emulator`: `[auth]` is the forms user Supervisor, plus `extra`
 /// TOML (routes, identities) and `server_extra` keys.
 pub fn config_toml(emulator: &Emulator, server_extra: &str, extra: &str) -> String {

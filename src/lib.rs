@@ -6,7 +6,7 @@
 //!   stack of the config that is live (`state`); `admin` serves `/healthz`, `/readyz`,
 //!   `/metrics` and `/reload` on its own port; `reload` applies new configs.
 //! - `stack` is the request path, one tower layer per concern, in request order: request id →
-//!   access log and metrics → errors to JSON → sensitive headers → admission (client tokens)
+//!   access log and metrics → errors to JSON → admission (client tokens)
 //!   → canonical path and route (`canonical`, `routes`) → a client's own login answered
 //!   locally → Location rewrite → portal hint → expiry, re-login and replay → the identity's
 //!   session (`auth`) → forward → the connection pool (`pool`, `upstream`, `egress`).

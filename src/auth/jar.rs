@@ -149,8 +149,11 @@ impl Jar {
 
     /// The `BPMCSRF` request header: the BPMCSRF cookie's value.
     pub(crate) fn csrf_header(&self) -> Option<HeaderValue> {
-        self.get(BPMCSRF)
-            .and_then(|v| HeaderValue::from_str(v).ok())
+        let mut value = self
+            .get(BPMCSRF)
+            .and_then(|v| HeaderValue::from_str(v).ok())?;
+        value.set_sensitive(true);
+        Some(value)
     }
 }
 
@@ -173,6 +176,9 @@ mod tests {
             "BPMLOADER=ld; .ASPXAUTH=one; BPMCSRF=csrf1"
         );
         assert_eq!(jar.csrf_header().expect("csrf"), "csrf1");
+        // Credentials print as "Sensitive" in any Debug output.
+        assert!(jar.csrf_header().expect("csrf").is_sensitive());
+        assert!(jar.cookie_header().expect("line").is_sensitive());
         // sliding renewal replaces the ticket
         assert!(jar.apply(&hv(".ASPXAUTH=two; path=/; HttpOnly")));
         assert!(

@@ -1,4 +1,4 @@
-//! Layer 12, the innermost: the request goes to Creatio through the connection pool.
+//! Layer 11, the innermost: the request goes to Creatio through the connection pool.
 //!
 //! Rules:
 //! 1. Hop-by-hop headers (and every header `Connection` names) are removed from Creatio's

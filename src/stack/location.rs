@@ -1,4 +1,4 @@
-//! Layer 8: a `Location` into Creatio is pointed back at the proxy.
+//! Layer 7: a `Location` into Creatio is pointed back at the proxy.
 //!
 //! A client that follows the `Location` of a created record (`201`, OData) must come back
 //! through the proxy, which holds the session. Rules:

@@ -1,4 +1,4 @@
-//! Layer 10: expiry detection, re-login and replay.
+//! Layer 9: expiry detection, re-login and replay.
 //!
 //! Rules:
 //! 1. A request body up to `server.replay_buffer` is read into memory before the request goes

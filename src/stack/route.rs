@@ -1,4 +1,4 @@
-//! Layer 6: the canonical form and the route. From here on, nothing looks at the raw path.
+//! Layer 5: the canonical form and the route. From here on, nothing looks at the raw path.
 //!
 //! Rules:
 //! 1. The path is parsed into its [`CanonicalPath`] (see [`crate::canonical`]); a path with no

@@ -15,18 +15,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::accept::{is_allowed, is_transient};
 use crate::body::ProxyBody;
+use crate::conn::{AcceptBackoff, Listener};
 use crate::metrics::IdentityState;
 use crate::reload::Reloader;
 use crate::state::ServerState;
 
-/// Serves the admin endpoints on `listener` until the process ends.
-pub(crate) async fn serve_admin(listener: TcpListener, state: Arc<ServerState>) {
+/// Serves the admin endpoints on `listener` until the process ends, its connections held to
+/// `limits` ([`crate::conn`]: the same timeouts as the proxy port, fewer connections).
+pub(crate) async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    limits: Arc<Listener>,
+) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             // Loopback is always let in: the image's HEALTHCHECK and `creatio-proxy reload` run
@@ -35,32 +40,30 @@ pub(crate) async fn serve_admin(listener: TcpListener, state: Arc<ServerState>) 
                 if peer.ip().to_canonical().is_loopback()
                     || is_allowed(&state.live.load().config.allowed_clients, peer) =>
             {
+                backoff.reset();
                 (stream, peer)
             }
             Ok(_) => continue,
             Err(e) => {
                 if !is_transient(&e) {
                     // e.g. out of file descriptors: do not spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    limits.shed_idle();
+                    tokio::time::sleep(backoff.failed(limits.name, &e)).await;
                 }
                 continue;
             }
         };
-        tokio::spawn(serve_admin_conn(stream, peer, state.clone()));
-    }
-}
-
-async fn serve_admin_conn(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let Some(permit) = limits.admit().await else {
+            limits.refuse(stream);
+            continue;
+        };
         let state = state.clone();
-        async move { Ok::<_, Infallible>(admin_answer(&req, peer, &state).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(admin_answer(&req, peer, &state).await) }
+        });
+        tokio::spawn(limits.clone().serve(stream, svc, permit));
+    }
 }
 
 /// Longest time `/readyz` waits for a login it started (probes time out after a few seconds).

@@ -11,9 +11,11 @@
 //! `ProxyBody`s, and a `ProxyBody` may hold a `PeerBody`).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -49,12 +51,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -123,6 +125,48 @@ impl std::fmt::Debug for Release {
     }
 }
 
+/// Why a body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The peer's stream broke (reset, malformed chunk, ...).
+    #[error("the body broke off")]
+    Peer(#[source] hyper::Error),
+    /// A client's body sent nothing for this long (`server.body_read_timeout`).
+    #[error("the request body sent nothing for {0:?}")]
+    Stalled(Duration),
+    /// A client's body passed this many bytes (`max_body`).
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+impl BodyError {
+    /// The body error behind `e` (say, a Creatio exchange that failed because the request
+    /// body it was sending stopped), if that is what it was.
+    pub(crate) fn behind<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<BodyError>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+/// What a client's request body is held to: a deadline between frames and a size.
+#[derive(Debug)]
+struct Guard {
+    /// `server.body_read_timeout`.
+    stall: Duration,
+    /// Armed while the body waits for the client; `None` until the first wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+    /// `max_body`.
+    max: Option<u64>,
+    seen: u64,
+}
+
 /// A body streamed from a peer: Creatio's answer (which returns its connection to the pool
 /// when read to the end) or a client's request body.
 #[derive(Debug)]
@@ -131,6 +175,8 @@ pub(crate) struct PeerBody {
     release: Option<Release>,
     /// Counts the data bytes that pass (the metrics' body byte counters).
     counter: Option<Counter>,
+    /// A client's body: its limits.
+    guard: Option<Box<Guard>>,
 }
 
 impl PeerBody {
@@ -140,6 +186,7 @@ impl PeerBody {
             inner,
             release: None,
             counter: None,
+            guard: None,
         }
     }
 
@@ -149,6 +196,7 @@ impl PeerBody {
             inner,
             release: Some(release),
             counter: None,
+            guard: None,
         }
     }
 
@@ -157,6 +205,48 @@ impl PeerBody {
         self.counter = Some(counter.clone());
         self
     }
+
+    /// A client's body: fails with [`BodyError::Stalled`] when the client sends nothing for
+    /// `stall`, and with [`BodyError::TooLarge`] past `max` bytes. Nothing is spent until the
+    /// body has to wait for the client.
+    pub(crate) fn guarded(mut self, stall: Duration, max: Option<u64>) -> Self {
+        self.guard = Some(Box::new(Guard {
+            stall,
+            timer: None,
+            armed: false,
+            max,
+            seen: 0,
+        }));
+        self
+    }
+
+    /// Lowers the size limit of a guarded body (a route's own `max_body`).
+    pub(crate) fn limit(&mut self, max: Option<u64>) {
+        if let Some(guard) = &mut self.guard {
+            guard.max = max;
+        }
+    }
+}
+
+/// A request body that can be held to a route's `max_body` once the route is known.
+pub(crate) trait Limit {
+    /// Sets the size limit of a client's streamed body (see [`PeerBody::limit`]).
+    fn limit(&mut self, max: Option<u64>);
+}
+
+impl Limit for ProxyBody {
+    fn limit(&mut self, max: Option<u64>) {
+        match self {
+            ProxyBody::Stream(peer) | ProxyBody::Prefixed(_, peer) => peer.limit(max),
+            // Held in memory already: the announced length was checked.
+            ProxyBody::Empty | ProxyBody::Full(_) => {}
+        }
+    }
+}
+
+/// The unit tests' bodiless requests.
+impl Limit for () {
+    fn limit(&mut self, _: Option<u64>) {}
 }
 
 impl From<Incoming> for PeerBody {
@@ -167,14 +257,19 @@ impl From<Incoming> for PeerBody {
 
 impl Body for PeerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(guard) = &mut this.guard {
+            if let Some(refused) = guard.check(&polled, cx) {
+                return Poll::Ready(Some(Err(refused)));
+            }
+        }
         match &polled {
             Poll::Ready(None) => {
                 if let Some(r) = this.release.take() {
@@ -194,7 +289,7 @@ impl Body for PeerBody {
                 counter.inc_by(data.len() as u64);
             }
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(BodyError::Peer)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -203,6 +298,48 @@ impl Body for PeerBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Guard {
+    /// The refusal `polled` earns, if any: past the size limit, or still waiting once the
+    /// stall deadline has passed.
+    fn check(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+        cx: &mut Context<'_>,
+    ) -> Option<BodyError> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.armed = false;
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.seen = self.seen.saturating_add(len);
+                match self.max {
+                    Some(max) if self.seen > max => Some(BodyError::TooLarge(max)),
+                    _ => None,
+                }
+            }
+            Poll::Ready(_) => None,
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + self.stall;
+                let timer = match &mut self.timer {
+                    Some(timer) => {
+                        if !self.armed {
+                            timer.as_mut().reset(deadline);
+                        }
+                        timer
+                    }
+                    None => self
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                self.armed = true;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Some(BodyError::Stalled(self.stall)),
+                    Poll::Pending => None,
+                }
+            }
+        }
     }
 }
 
@@ -216,10 +353,7 @@ pub(crate) enum ReadAhead {
 
 /// Reads `body` until it ends or more than `limit` bytes have arrived. Trailers are dropped
 /// (Creatio uses none).
-pub(crate) async fn read_ahead(
-    mut body: PeerBody,
-    limit: usize,
-) -> Result<ReadAhead, hyper::Error> {
+pub(crate) async fn read_ahead(mut body: PeerBody, limit: usize) -> Result<ReadAhead, BodyError> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     loop {

@@ -102,11 +102,14 @@ pub fn main() -> i32 {
             let Some(config) = load(cli.config.as_deref()) else {
                 return EXIT_USAGE;
             };
+            // Logging starts before anything else is said, so that with format = "json" every
+            // line on stderr is a JSON object (the root warning included).
+            crate::telemetry::init(&config.log, true);
             if let Some(refusal) = refuse_root(config.allow_root) {
-                eprintln!("creatio-proxy: {refusal}");
+                tracing::error!("{refusal}");
+                crate::telemetry::flush();
                 return EXIT_USAGE;
             }
-            crate::telemetry::init(&config.log, true);
             let path = cli.config.unwrap_or_default();
             let code = runtime.block_on(run(config, path, hup));
             crate::telemetry::flush();
@@ -150,8 +153,8 @@ fn refuse_root(allowed: bool) -> Option<String> {
         return None;
     }
     if allowed {
-        eprintln!(
-            "creatio-proxy: warning: running as root (uid 0), which the proxy does not need; \
+        tracing::warn!(
+            "running as root (uid 0), which the proxy does not need; \
              run it as an unprivileged user, or set server.allow_root = false to refuse root"
         );
         return None;
@@ -297,10 +300,19 @@ async fn run(config: Config, path: PathBuf, hup: Option<tokio::signal::unix::Sig
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("creatio-proxy: {e}");
             return 1;
         }
     };
+    let wanted = (config.limits.max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if let Some(limit) = open_files.filter(|n| *n < wanted) {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = config.limits.max_connections,
+            "the open files limit is below what server.max_connections needs (a client connection and one to Creatio each): past it, new connections wait; raise the limit (ulimit -n, LimitNOFILE=) or lower server.max_connections"
+        );
+    }
     let addr = server
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::ProxyBody;
+use crate::body::{BodyError, ProxyBody};
 use crate::canonical::PathError;
 use crate::diagnosis::LoginFailure;
 use crate::pool::UpstreamError;
@@ -44,10 +44,47 @@ pub(crate) enum ProxyError {
     BadRequestTarget,
     /// Reading the client's body failed.
     #[error("reading the request body failed")]
-    ClientBody(#[source] Arc<hyper::Error>),
-    /// The client announced a body and stopped sending it.
-    #[error("reading the request body failed: the body did not arrive within {0:?}")]
+    ClientBody(#[source] Arc<BodyError>),
+    /// The client's body sent nothing for `server.body_read_timeout`.
+    #[error("the request body sent nothing for {0:?} (server.body_read_timeout); the request was not completed")]
     ClientBodyTimeout(Duration),
+    /// The method is not in `server.allowed_methods` (TRACE and CONNECT never are).
+    #[error("the method {method} is not forwarded by this proxy; allowed: {allowed}")]
+    MethodNotAllowed {
+        /// The method, as sent.
+        method: http::Method,
+        /// The allow-list, comma-separated (the `Allow` header too).
+        allowed: Arc<str>,
+    },
+    /// The request target is longer than `server.max_uri_bytes`.
+    #[error("the request target is {len} bytes long; this proxy takes at most {max} (server.max_uri_bytes)")]
+    UriTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request head is larger than `server.max_header_bytes`.
+    #[error(
+        "the request head is {len} bytes; this proxy takes at most {max} (server.max_header_bytes)"
+    )]
+    HeadTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is larger than `max_body` (announced, or counted as it arrived).
+    #[error("the request body is larger than {max} bytes (max_body of this route or server.max_body); nothing was sent to Creatio{}", if *.announced { "" } else { " completely: the request to Creatio was aborted" })]
+    BodyTooLarge {
+        /// The limit.
+        max: u64,
+        /// Refused from `Content-Length`, before any byte was forwarded.
+        announced: bool,
+    },
+    /// An `Expect` other than `100-continue`.
+    #[error("the proxy understands only Expect: 100-continue")]
+    ExpectationFailed,
     /// Logging in to Creatio or getting a token failed (now, or recently and the back-off
     /// is running).
     #[error("{failure}")]
@@ -72,7 +109,7 @@ pub(crate) enum ProxyError {
     },
     /// Creatio's answer broke off while the proxy read its start.
     #[error("could not reach Creatio: its answer broke off")]
-    AnswerBroken(#[source] Arc<hyper::Error>),
+    AnswerBroken(#[source] Arc<BodyError>),
     /// A bug: a layer of the stack found what another should have put there.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -114,10 +151,15 @@ impl ProxyError {
     /// Status code of the answer.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Path(_)
-            | ProxyError::BadRequestTarget
-            | ProxyError::ClientBody(_)
-            | ProxyError::ClientBodyTimeout(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Path(_) | ProxyError::BadRequestTarget | ProxyError::ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::AuthEndpoint => StatusCode::FORBIDDEN,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -140,7 +182,13 @@ impl ProxyError {
             ProxyError::AuthEndpoint => "auth_endpoint_refused",
             ProxyError::Unauthorized => "client_unauthorized",
             ProxyError::BadRequestTarget => "bad_request_target",
-            ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout(_) => "client_body_error",
+            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::ClientBodyTimeout(_) => "client_body_timeout",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::HeadTooLarge { .. } => "header_too_large",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::ExpectationFailed => "expectation_failed",
             ProxyError::AnswerBroken(_) => "creatio_unreachable",
             ProxyError::Internal(_) => "internal_error",
             ProxyError::LoginFailed { failure, .. } => failure.error_code(),
@@ -192,6 +240,11 @@ impl ProxyError {
             | ProxyError::BadRequestTarget
             | ProxyError::ClientBody(_)
             | ProxyError::ClientBodyTimeout(_)
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::HeadTooLarge { .. }
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ExpectationFailed
             | ProxyError::Unreachable { .. }
             | ProxyError::AnswerBroken(_)
             | ProxyError::UpstreamTimeout(_)
@@ -207,10 +260,43 @@ impl ProxyError {
         if let Some(secs) = retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if matches!(self, ProxyError::Unauthorized) {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ProxyError::Unauthorized => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allowed) {
+                    h.insert(header::ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        // After a refused body the rest of it is still on the wire: the connection cannot
+        // carry another request.
+        if matches!(
+            self,
+            ProxyError::BodyTooLarge { .. }
+                | ProxyError::ClientBodyTimeout(_)
+                | ProxyError::ClientBody(_)
+                | ProxyError::HeadTooLarge { .. }
+                | ProxyError::UriTooLong { .. }
+        ) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+
+    /// The error for a client body that stopped (see [`BodyError`]); `announced` is false:
+    /// the limit was found while the body streamed.
+    pub(crate) fn from_client_body(e: BodyError) -> ProxyError {
+        match e {
+            BodyError::Stalled(d) => ProxyError::ClientBodyTimeout(d),
+            BodyError::TooLarge(max) => ProxyError::BodyTooLarge {
+                max,
+                announced: false,
+            },
+            other @ BodyError::Peer(_) => ProxyError::ClientBody(Arc::new(other)),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod auth;
 mod body;
 mod canonical;
 mod check;
+mod conn;
 mod demo;
 mod diagnosis;
 mod egress;

@@ -23,6 +23,10 @@
 //!   and from Creatio.
 //! - `open_connections`: client connections open now.
 //! - `config_reloads_total{outcome}`: `applied` or `refused`.
+//! - `connections_closed_total{reason}`: client connections the proxy closed itself:
+//!   `header_timeout` (no request head within `server.header_read_timeout` of accept),
+//!   `idle` (`server.idle_timeout`), `send_timeout` (the client stopped reading),
+//!   `shed` (idle, closed to make room at `server.max_connections`), `refused` (no room).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -72,6 +76,7 @@ pub(crate) struct Metrics {
     /// Client connections open now.
     pub open_connections: Gauge,
     reloads: Family<Labels, Counter>,
+    closed: Family<Labels, Counter>,
     render_lock: std::sync::Mutex<()>,
 }
 
@@ -98,6 +103,7 @@ impl Metrics {
         let bytes_out = Counter::default();
         let open_connections = Gauge::default();
         let reloads = Family::<Labels, Counter>::default();
+        let closed = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
             "Answers sent to clients, by route, method and status class",
@@ -163,6 +169,11 @@ impl Metrics {
             "Config reloads (SIGHUP), by outcome",
             reloads.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Client connections closed by the proxy, by reason",
+            closed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -178,6 +189,7 @@ impl Metrics {
             bytes_out,
             open_connections,
             reloads,
+            closed,
             render_lock: std::sync::Mutex::new(()),
         }
     }
@@ -229,6 +241,13 @@ impl Metrics {
         let outcome = if applied { "applied" } else { "refused" };
         self.reloads
             .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Counts a client connection the proxy closed itself (see the module docs for reasons).
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.closed
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -29,6 +29,8 @@ pub(crate) struct RouteDecision {
     pub ssp: bool,
     /// Index of the matched route, `None` for the default.
     pub route: Option<usize>,
+    /// Largest request body: the route's `max_body`, else `server.max_body`; `None`: no limit.
+    pub max_body: Option<u64>,
 }
 
 /// The compiled route table; built once, read on every request.
@@ -37,6 +39,8 @@ pub(crate) struct RouteTable {
     /// Routes sorted by prefix length, longest first, with their original index.
     routes: Vec<(usize, RouteConfig)>,
     default: Option<usize>,
+    /// `server.max_body`.
+    max_body: Option<u64>,
 }
 
 impl RouteTable {
@@ -50,7 +54,11 @@ impl RouteTable {
             Unmatched::Forward => config.default_identity,
             Unmatched::Deny => None,
         };
-        RouteTable { routes, default }
+        RouteTable {
+            routes,
+            default,
+            max_body: config.limits.max_body,
+        }
     }
 
     /// The decision for `path`, or `None` when nothing serves it.
@@ -62,6 +70,7 @@ impl RouteTable {
                     identity: route.identity,
                     ssp: route.ssp,
                     route: Some(*index),
+                    max_body: route.max_body.unwrap_or(self.max_body),
                 });
             }
         }
@@ -69,6 +78,7 @@ impl RouteTable {
             identity,
             ssp: false,
             route: None,
+            max_body: self.max_body,
         })
     }
 }
@@ -200,6 +210,7 @@ mod tests {
                             prefix: "/0/rest".into(),
                             ssp: false,
                             identity: 1,
+                            max_body: None,
                         },
                     ),
                     (
@@ -208,6 +219,7 @@ mod tests {
                             prefix: "/0/rest/UsrPortalService".into(),
                             ssp: true,
                             identity: 2,
+                            max_body: None,
                         },
                     ),
                 ];
@@ -215,6 +227,7 @@ mod tests {
                 r
             },
             default: Some(0),
+            max_body: None,
         };
         let d = |p: &str| {
             let p = CanonicalPath::parse(p).expect("canonical");
@@ -238,6 +251,7 @@ mod tests {
         let deny = RouteTable {
             routes: table.routes.clone(),
             default: None,
+            max_body: None,
         };
         let contact = CanonicalPath::parse("/0/odata/Contact").expect("canonical");
         assert_eq!(deny.decide(&contact), None);
@@ -269,6 +283,7 @@ mod tests {
                             prefix: (*p).into(),
                             ssp: i % 2 == 0,
                             identity: i,
+                            max_body: None,
                         },
                     )
                 })
@@ -277,6 +292,7 @@ mod tests {
             RouteTable {
                 routes,
                 default: Some(99),
+                max_body: None,
             }
         }
 

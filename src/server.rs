@@ -16,21 +16,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::accept::{is_allowed, is_transient};
 use crate::body::{PeerBody, ProxyBody};
 use crate::config::Config;
+use crate::conn::{AcceptBackoff, Listener};
 use crate::metrics::Metrics;
 pub use crate::reload::Reloader;
+use crate::stack::request::Listening;
 use crate::stack::Stack;
 use crate::state::{Live, ServerState, Shared};
 use crate::upstream::{build_upstream, ClientError};
@@ -132,39 +130,37 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
-    /// period.
+    /// period. Connections are held to the limits of [`crate::conn`], read from the config
+    /// at start (a reload changes the per-request limits, not these).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
+        let limits = state.live.load().config.limits.clone();
+        let main = Listener::new("main", &limits, state.metrics.clone());
         // Reads the same live state the reloader swaps.
         let service = Entry {
             live: state.live.clone(),
+            local: None,
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            // half_close stays off (hyper's default): a client that shuts down its sending side
-            // is treated as gone, as nginx does. With it on, hyper stops watching the socket
-            // during a request and cannot notice a client that hung up, so abandoned requests
-            // would hold their Creatio connection until upstream_timeout.
-            .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
         if let Some(admin) = self.admin {
-            tokio::spawn(crate::admin::serve_admin(admin, state.clone()));
+            let mut admin_limits = limits.clone();
+            admin_limits.max_connections = admin_limits.max_connections.min(ADMIN_CONNECTIONS);
+            let listener = Listener::new("admin", &admin_limits, state.metrics.clone());
+            tokio::spawn(crate::admin::serve_admin(admin, state.clone(), listener));
         }
+        let mut backoff = AcceptBackoff::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
                     let (stream, peer) = match accepted {
-                        Ok(a) => a,
+                        Ok(a) => {
+                            backoff.reset();
+                            a
+                        }
                         Err(e) => {
                             if !is_transient(&e) {
-                                tracing::error!("accept failed: {e}; pausing for 100 ms");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                main.shed_idle();
+                                tokio::time::sleep(backoff.failed(main.name, &e)).await;
                             }
                             continue;
                         }
@@ -173,12 +169,16 @@ impl Server {
                         tracing::debug!(%peer, "connection refused: address not in server.allowed_clients");
                         continue;
                     }
+                    let Some(permit) = main.admit().await else {
+                        main.refuse(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let conn = builder.serve_connection(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(service.clone()),
-                    );
-                    let conn = graceful.watch(conn.into_owned());
+                    let service = Entry {
+                        live: service.live.clone(),
+                        local: stream.local_addr().ok().map(Listening),
+                    };
+                    let conn = main.clone().serve(stream, TowerToHyperService::new(service), permit);
                     let open = state.metrics.open_connections.clone();
                     open.inc();
                     tokio::spawn(async move {
@@ -195,20 +195,22 @@ impl Server {
         drop(self.listener);
         let grace = state.live.load().config.shutdown_grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections; waiting for in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, main.drain()).await.is_err() {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }
 }
+
+/// Connections the admin listener holds at once (probes, scrapes, reloads).
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// The front door of the stack: takes the live config's stack for each request, and turns
 /// hyper's body into the stack's.
 #[derive(Clone)]
 struct Entry {
     live: Arc<Live>,
+    /// The address this connection reached (for a `Location` when the `Host` is unusable).
+    local: Option<Listening>,
 }
 
 impl tower::Service<Request<Incoming>> for Entry {
@@ -227,7 +229,22 @@ impl tower::Service<Request<Incoming>> for Entry {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let shared = self.live.load();
         let bytes_in = &shared.metrics.bytes_in;
-        let req = req.map(|body| ProxyBody::Stream(PeerBody::from(body).counted(bytes_in)));
+        let stall = shared.config.limits.body_read_timeout;
+        let req = req.map(|body| {
+            let bodiless = http_body::Body::is_end_stream(&body);
+            let body = PeerBody::from(body).counted(bytes_in);
+            // A body that may still arrive is held to server.body_read_timeout; its size limit
+            // is set once the route is known (stack::route).
+            ProxyBody::Stream(if bodiless {
+                body
+            } else {
+                body.guarded(stall, None)
+            })
+        });
+        let mut req = req;
+        if let Some(local) = self.local {
+            req.extensions_mut().insert(local);
+        }
         tower::ServiceExt::oneshot(shared.stack.clone(), req)
     }
 }

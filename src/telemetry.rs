@@ -35,10 +35,38 @@ pub(crate) fn init(log: &LogConfig, batched: bool) {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let _ = match log.format {
+    let installed = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_ok() {
+        report_panics();
+    }
+}
+
+/// A panic (a bug) is logged as an error event like any other line, so that with
+/// `format = "json"` it is one JSON object, not Rust's plain-text report. The task that
+/// panicked ends; hyper and tokio keep serving the others.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+        let thread = std::thread::current();
+        tracing::error!(
+            panic = %message,
+            location = %location,
+            thread = thread.name().unwrap_or("-"),
+            "a bug: a task panicked (please report it)"
+        );
+        flush();
+    }));
 }
 
 /// Writes out whatever batched lines are waiting (call before the process exits).

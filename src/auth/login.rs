@@ -288,7 +288,7 @@ fn other_origin(location: &str, creatio: &CreatioUrl) -> Option<String> {
     (!same).then(|| format!("{scheme}://{authority}"))
 }
 
-async fn read_limited(mut body: crate::body::PeerBody) -> Result<Vec<u8>, hyper::Error> {
+async fn read_limited(mut body: crate::body::PeerBody) -> Result<Vec<u8>, crate::body::BodyError> {
     let mut chunks: VecDeque<bytes::Bytes> = VecDeque::new();
     let mut total = 0;
     while let Some(frame) = body.frame().await {

@@ -43,6 +43,27 @@ pub(crate) struct Defaults {
     pub(crate) log_level: &'static str,
     /// `log.query`: off, the query string may hold data.
     pub(crate) log_query: bool,
+    /// `server.max_connections`: far above a sidecar's clients, far below what the memory of
+    /// a small pod holds (a few KiB each while idle).
+    pub(crate) max_connections: usize,
+    /// `server.header_read_timeout`.
+    pub(crate) header_read_timeout: &'static str,
+    /// `server.idle_timeout`: above the keep-alive timeouts of common HTTP clients, so they
+    /// close first.
+    pub(crate) idle_timeout: &'static str,
+    /// `server.send_timeout`.
+    pub(crate) send_timeout: &'static str,
+    /// `server.body_read_timeout`.
+    pub(crate) body_read_timeout: &'static str,
+    /// `server.max_header_bytes`: Creatio's own IIS default is 16 KiB per header line.
+    pub(crate) max_header_bytes: &'static str,
+    /// `server.max_uri_bytes`: OData filters can be long; IIS refuses above 4 KiB of path
+    /// by default but allows longer query strings.
+    pub(crate) max_uri_bytes: &'static str,
+    /// `server.max_body`: no limit, as Creatio's file uploads set their own.
+    pub(crate) max_body: &'static str,
+    /// `server.allowed_methods`: what Creatio's OData, DataService and REST services use.
+    pub(crate) allowed_methods: &'static [&'static str],
 }
 
 /// The defaults every validation step reads.
@@ -63,4 +84,15 @@ pub(crate) const DEFAULTS: Defaults = Defaults {
     log_format: "text",
     log_level: "info",
     log_query: false,
+    max_connections: 10_000,
+    header_read_timeout: "10s",
+    idle_timeout: "60s",
+    send_timeout: "30s",
+    body_read_timeout: "30s",
+    max_header_bytes: "32KiB",
+    max_uri_bytes: "8KiB",
+    max_body: "0",
+    allowed_methods: &[
+        "GET", "HEAD", "POST", "PUT", "PATCH", "MERGE", "DELETE", "OPTIONS",
+    ],
 };

@@ -57,6 +57,27 @@ pub struct ServerFile {
     pub upstream_timeout: Option<String>,
     /// Let `run` start as root (uid 0), with a warning; default true. The image sets false.
     pub allow_root: Option<bool>,
+    /// Client connections held at once; default 10000.
+    pub max_connections: Option<usize>,
+    /// A connection's first request head must arrive within this; default `10s`.
+    pub header_read_timeout: Option<String>,
+    /// A keep-alive connection with nothing in flight is closed after this; default `60s`.
+    pub idle_timeout: Option<String>,
+    /// A client that stops reading its answer is cut after this; default `30s`.
+    pub send_timeout: Option<String>,
+    /// A request body that sends nothing for this long: 408; default `30s`.
+    pub body_read_timeout: Option<String>,
+    /// The whole request head; larger: 431; default `32KiB`.
+    pub max_header_bytes: Option<String>,
+    /// The request target; longer: 414; default `8KiB`.
+    pub max_uri_bytes: Option<String>,
+    /// Request bodies; larger: 413; `"0"` (default) = no limit.
+    pub max_body: Option<String>,
+    /// Methods forwarded; others: 405. Default: the ones Creatio's APIs use.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Scheme and host clients use to reach the proxy (behind a TLS terminator), for
+    /// rewritten `Location` headers.
+    pub public_url: Option<String>,
 }
 
 /// `[admin]`.
@@ -121,6 +142,8 @@ pub struct RouteFile {
     pub ssp: bool,
     /// Name of an `[identities.NAME]` table; default: `[auth]`.
     pub identity: Option<String>,
+    /// Request bodies on this route; larger: 413. Default: `server.max_body`; `"0"`: none.
+    pub max_body: Option<String>,
 }
 
 /// `[log]`.

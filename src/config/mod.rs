@@ -17,6 +17,7 @@ mod env;
 mod error;
 mod file;
 mod identity;
+mod limits;
 mod net;
 mod secret;
 mod validate;
@@ -35,6 +36,7 @@ pub use error::ConfigError;
 pub use file::{ConfigFile, IdentityFile, RouteFile};
 pub use identity::DEFAULT_IDENTITY;
 pub use identity::{ClientAuth, IdentityConfig, LoginConfig, OAuth2Config};
+pub use limits::{Limits, PublicUrl};
 pub use net::{CreatioUrl, EgressProxy, IpBlock, TokenUrl};
 pub use secret::Secret;
 pub use validate::{LogConfig, LogFormat, RouteConfig, Unmatched};
@@ -88,6 +90,8 @@ pub struct Config {
     pub allow_root: bool,
     /// `server.allow_unauthenticated_remote`.
     pub allow_unauthenticated_remote: bool,
+    /// What each connection and request is held to (timeouts, sizes, methods).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -194,6 +198,7 @@ impl Config {
     /// Validates a parsed file: the steps of `validate` and `identity`, in order.
     pub fn from_file(file: ConfigFile) -> Result<Config, ConfigError> {
         let server = validate::server(&file)?;
+        let limits = limits::limits(&file)?;
         let access = validate::access(&file, server.listen)?;
         let upstream = validate::upstream(&file)?;
         let identities = identity::identities(&file, access.unmatched == Unmatched::Forward)?;
@@ -223,6 +228,7 @@ impl Config {
             log,
             allow_root: server.allow_root,
             allow_unauthenticated_remote: access.allow_unauthenticated_remote,
+            limits,
         })
     }
 }

@@ -284,10 +284,15 @@ fn route(
             )
         })?,
     };
+    let max_body = match r.max_body.as_deref() {
+        None => None,
+        Some(v) => Some(body_limit(&format!("{key}.max_body"), v)?),
+    };
     Ok(RouteConfig {
         prefix: prefix.to_string(),
         ssp: r.ssp,
         identity,
+        max_body,
     })
 }
 
@@ -347,6 +352,8 @@ pub struct RouteConfig {
     pub ssp: bool,
     /// Index into `Config::identities`.
     pub identity: usize,
+    /// `max_body` of the route: `None` = `server.max_body`; `Some(None)` = no limit.
+    pub max_body: Option<Option<u64>>,
 }
 
 /// Log settings.
@@ -378,6 +385,12 @@ pub(crate) fn parse_size(key: &str, v: &str) -> Result<usize, ConfigError> {
     })?;
     usize::try_from(size.as_u64())
         .map_err(|_| ConfigError::new(key, format!("\"{v}\" is too large for this machine")))
+}
+
+/// A body size limit: `"0"` means none.
+pub(crate) fn body_limit(key: &str, v: &str) -> Result<Option<u64>, ConfigError> {
+    let n = parse_size(key, v)?;
+    Ok((n > 0).then_some(n as u64))
 }
 
 pub(crate) fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {

@@ -1,4 +1,4 @@
-//! Layer 4: inbound admission. Who may use the proxy (and so the identities' Creatio rights).
+//! Layer 5: inbound admission. Who may use the proxy (and so the identities' Creatio rights).
 //!
 //! Rules:
 //! 1. With `server.client_tokens` set, a request must carry one of them, as

@@ -1,4 +1,4 @@
-//! Layer 6: the local answer to a client's own login and logout.
+//! Layer 7: the local answer to a client's own login and logout.
 //!
 //! Legacy clients log in themselves (the WSO2 connector does it for every message). The proxy
 //! answers them, so a client's credentials never reach Creatio through it and can never change

@@ -1,4 +1,4 @@
-//! Layer 11, the innermost: the request goes to Creatio through the connection pool.
+//! Layer 12, the innermost: the request goes to Creatio through the connection pool.
 //!
 //! Rules:
 //! 1. Hop-by-hop headers (and every header `Connection` names) are removed from Creatio's
@@ -9,6 +9,8 @@
 //!    underlying error kept as the source.
 //! 3. The wait for the head is observed per route (`creatio_proxy_upstream_duration_seconds`), and the
 //!    answer's body bytes are counted as they stream to the client.
+//! 4. An exchange cut off because the client's body stalled (`server.body_read_timeout`) or
+//!    passed `max_body` while it streamed is the client's error: 408 or 413.
 //!
 //! The timeout is written here rather than with tower-http's `TimeoutLayer`, which answers 408
 //! (the client was too slow); a slow Creatio is the contract's 504 JSON, with its own code.
@@ -27,7 +29,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::request::Routed;
-use crate::body::{PeerBody, ProxyBody};
+use crate::body::{BodyError, PeerBody, ProxyBody};
 use crate::diagnosis::network_failure;
 use crate::error::ProxyError;
 use crate::pool::UpstreamError;
@@ -100,6 +102,20 @@ fn unreachable(target: &str, e: UpstreamError) -> ProxyError {
     }
 }
 
+/// Rule 4: an exchange that failed because the client's body stalled or passed its limit
+/// while it streamed is the client's error (408, 413), not Creatio's; the request to Creatio
+/// was cut off before its end, so Creatio never completes it.
+fn client_body_failure(e: &UpstreamError) -> Option<ProxyError> {
+    match BodyError::behind(e)? {
+        BodyError::Stalled(d) => Some(ProxyError::ClientBodyTimeout(*d)),
+        BodyError::TooLarge(max) => Some(ProxyError::BodyTooLarge {
+            max: *max,
+            announced: false,
+        }),
+        BodyError::Peer(_) => None,
+    }
+}
+
 pin_project! {
     /// Waits for Creatio's answer head.
     pub(crate) struct ResponseFuture<F> {
@@ -122,7 +138,9 @@ where
         let settings = &**this.settings;
         Poll::Ready(match std::task::ready!(this.future.poll(cx)) {
             Err(_) => Err(ProxyError::UpstreamTimeout(settings.timeout)),
-            Ok(Err(e)) => Err(unreachable(&settings.target, e)),
+            Ok(Err(e)) => {
+                Err(client_body_failure(&e).unwrap_or_else(|| unreachable(&settings.target, e)))
+            }
             Ok(Ok(response)) => {
                 if let Some(h) = settings.latency.get(*this.latency) {
                     h.observe(this.started.elapsed().as_secs_f64());

@@ -7,14 +7,15 @@
 //! | 1 | [`request_id`] | sane client id or a new one | `x-request-id` on every answer |
 //! | 2 | [`access_log`] | start the clock | access line, request metrics, error line |
 //! | 3 | [`errors`] | | every `ProxyError` becomes its JSON answer |
-//! | 4 | [`admission`] | client tokens (addresses are checked at accept) | |
-//! | 5 | [`route`] | canonical path, route, identity, Creatio's URI | |
-//! | 6 | [`client_login`] | a client's own Login/Logout answered here | |
-//! | 7 | [`location`] | | a `Location` into Creatio points at the proxy |
-//! | 8 | [`portal_hint`] | | advice on a portal user's 403 |
-//! | 9 | [`recover`] | body kept for a replay | expired? re-login once, replay once |
-//! | 10 | [`session`] | client credentials out, session in | `Set-Cookie` into the jar, never out |
-//! | 11 | [`forward`] | hop-by-hop out, HTTP/1.1 | timeout, latency, byte counts |
+//! | 4 | [`limits`] | method allow-list, target and head sizes, `Expect` | |
+//! | 5 | [`admission`] | client tokens (addresses are checked at accept) | |
+//! | 6 | [`route`] | canonical path, route, identity, Creatio's URI, `max_body` | |
+//! | 7 | [`client_login`] | a client's own Login/Logout answered here | |
+//! | 8 | [`location`] | | a `Location` into Creatio points at the proxy |
+//! | 9 | [`portal_hint`] | | advice on a portal user's 403 |
+//! | 10 | [`recover`] | body kept for a replay | expired? re-login once, replay once |
+//! | 11 | [`session`] | client credentials out, session in | `Set-Cookie` into the jar, never out |
+//! | 12 | [`forward`] | hop-by-hop out, HTTP/1.1 | timeout, latency, byte counts |
 //! |    | the pool ([`crate::pool`]) | a kept-alive connection to Creatio | |
 //!
 //! Three rules keep it simple:
@@ -29,8 +30,10 @@
 //! trace layer does not print them, but nothing here prints request headers, the client's
 //! credentials are removed by the session layer, and the ones the session attaches are made
 //! sensitive when the session is built; it cost about 780 instructions a request
-//! (`bench/instructions.sh`), so it is not used. Request limits (body size, body read
-//! timeout) go right after the error layer.
+//! (`bench/instructions.sh`), so it is not used. Its body-limit layer answers 413 as plain
+//! text and cannot tell a stalled body from a large one: the client's body carries its own
+//! limits instead ([`crate::body::PeerBody::guarded`], armed in [`crate::server`] and
+//! [`route`]), which fail as 408 or 413 JSON wherever the body is read.
 
 pub(crate) mod access_log;
 pub(crate) mod admission;
@@ -39,6 +42,7 @@ pub(crate) mod errors;
 pub(crate) mod forward;
 mod future;
 mod inspect;
+pub(crate) mod limits;
 pub(crate) mod location;
 pub(crate) mod portal_hint;
 pub(crate) mod recover;
@@ -64,6 +68,7 @@ use admission::{Admission, AdmissionLayer};
 use client_login::{ClientLogin, ClientLoginLayer};
 use errors::{ErrorLayer, Errors};
 use forward::{Forward, ForwardSettings};
+use limits::{LimitsLayer, RequestLimits};
 use location::{Location, LocationLayer};
 use portal_hint::{HintSettings, PortalHint, PortalHintLayer};
 use recover::{Recover, RecoverLayer, RecoverSettings};
@@ -75,9 +80,13 @@ use session::{SessionLayer, SessionService};
 pub(crate) type Stack = RequestId<
     AccessLog<
         Errors<
-            Admission<
-                Route<
-                    ClientLogin<Location<PortalHint<Recover<SessionService<Forward<Upstream>>>>>>,
+            RequestLimits<
+                Admission<
+                    Route<
+                        ClientLogin<
+                            Location<PortalHint<Recover<SessionService<Forward<Upstream>>>>>,
+                        >,
+                    >,
                 >,
             >,
         >,
@@ -125,6 +134,7 @@ pub(crate) fn build(parts: &Parts<'_>) -> Stack {
             log_query: config.log.query,
         }))
         .layer(ErrorLayer)
+        .layer(LimitsLayer::new(&config.limits))
         .layer(AdmissionLayer::new(config.client_tokens.clone()))
         .layer(RouteLayer::new(
             RouteTable::new(config),
@@ -134,7 +144,10 @@ pub(crate) fn build(parts: &Parts<'_>) -> Stack {
             parts.identities.clone(),
             parts.login.clone(),
         ))
-        .layer(LocationLayer::new(&config.creatio))
+        .layer(LocationLayer::new(
+            &config.creatio,
+            config.limits.public_url.as_ref(),
+        ))
         .layer(PortalHintLayer::new(HintSettings {
             route_prefixes,
             identities: identity_names,

@@ -1,4 +1,4 @@
-//! Layer 8: advice on Creatio's "Access to non-SSP API is denied for portal users".
+//! Layer 9: advice on Creatio's "Access to non-SSP API is denied for portal users".
 //!
 //! Rules:
 //! 1. A 403 to a request that went out without `/ssp` (the route has no `ssp = true` and the

@@ -1,4 +1,4 @@
-//! Layer 9: expiry detection, re-login and replay.
+//! Layer 10: expiry detection, re-login and replay.
 //!
 //! Rules:
 //! 1. A request body up to `server.replay_buffer` is read into memory before the request goes
@@ -141,7 +141,7 @@ async fn prepare(
         Ok(Ok(ReadAhead::Partial(prefix, rest))) => {
             Ok(Prepared::Streaming(ProxyBody::Prefixed(prefix, rest)))
         }
-        Ok(Err(e)) => Err(ProxyError::ClientBody(Arc::new(e))),
+        Ok(Err(e)) => Err(ProxyError::from_client_body(e)),
     }
 }
 

@@ -52,6 +52,11 @@ pub(crate) struct Routed {
     pub(crate) client_host: Option<HeaderValue>,
 }
 
+/// The address of the listener a request came in on (put on every request by the server),
+/// for pointing a `Location` back at the proxy when the client's `Host` cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Listening(pub(crate) std::net::SocketAddr);
+
 /// Facts about a forwarded request, put on the answer for the access log.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Outcome {

@@ -1,4 +1,4 @@
-//! Layer 5: the canonical form and the route. From here on, nothing looks at the raw path.
+//! Layer 6: the canonical form and the route. From here on, nothing looks at the raw path.
 //!
 //! Rules:
 //! 1. The path is parsed into its [`CanonicalPath`] (see [`crate::canonical`]); a path with no
@@ -10,6 +10,10 @@
 //!    query string unchanged. So what Creatio executes is exactly what was routed.
 //! 4. The client's `Host` is taken off the request (Creatio gets its own) and kept with the
 //!    decision ([`Routed`]) for the Location layer.
+//! 5. The body is held to the route's `max_body` (else `server.max_body`): a `Content-Length`
+//!    over it is refused with 413 before a byte is read or forwarded; a body without one is
+//!    cut when it passes the limit (413 if Creatio has not answered yet, and Creatio's request
+//!    aborted either way).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use tower::{Layer, Service};
 
 use super::future::Decided;
 use super::request::{RequestInfo, RouteFacts, Routed};
-use crate::body::ProxyBody;
+use crate::body::{Limit, ProxyBody};
 use crate::canonical::CanonicalPath;
 use crate::config::CreatioUrl;
 use crate::error::ProxyError;
@@ -71,6 +75,7 @@ pub(crate) struct Route<S> {
 impl<S, B> Service<Request<B>> for Route<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    B: Limit,
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
@@ -94,10 +99,24 @@ where
     }
 }
 
-/// Rules 1 to 4 for one request: the decision, with the request's URI set to Creatio's.
-fn decide<B>(settings: &Settings, req: &mut Request<B>) -> Result<Routed, ProxyError> {
+/// Rules 1 to 5 for one request: the decision, with the request's URI set to Creatio's.
+fn decide<B: Limit>(settings: &Settings, req: &mut Request<B>) -> Result<Routed, ProxyError> {
     let path = CanonicalPath::of_request(req.uri()).map_err(ProxyError::Path)?;
     let decision = settings.table.decide(&path).ok_or(ProxyError::NoRoute)?;
+    if let Some(max) = decision.max_body {
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge {
+                max,
+                announced: true,
+            });
+        }
+        req.body_mut().limit(Some(max));
+    }
     let uri = upstream_uri(&settings.creatio, &path, req.uri(), decision.ssp)?;
     let client_host = req.headers_mut().remove(header::HOST).or_else(|| {
         // HTTP/2 carries the host in the URI (`:authority`).

@@ -1,4 +1,4 @@
-//! Layer 10: the identity's session. The only layer that puts credentials on a request, and
+//! Layer 11: the identity's session. The only layer that puts credentials on a request, and
 //! the only one that writes an identity's cookie jar.
 //!
 //! On the way in, for the identity the route chose:

@@ -935,3 +935,56 @@ async fn the_access_line_shows_the_query_only_when_asked() {
     assert_eq!(access["path"], "/0/odata/Contact", "{line}");
     assert_eq!(proxy.terminate().1, Some(0));
 }
+
+/// With `format = "json"`, every line the process writes to stderr is one JSON object: the
+/// start-up lines, the root warning (when the test runs as root, the binary does too), the
+/// access and error lines, and the shutdown lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_every_stderr_line_is_a_json_object() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(&dir, &config(&emu, "json"));
+    let mut proxy = spawn(&["--config", &path]);
+    let addr = proxy.listen_addr();
+    let c = client();
+    let url = |p: &str| format!("http://{addr}{p}");
+    assert_eq!(
+        get(&c, &url("/0/odata/Contact")).await.status,
+        StatusCode::OK
+    );
+    let trace = send(
+        &c,
+        Method::TRACE,
+        &url("/0/odata/Contact"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(trace.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = get(&c, &url("/0/rest/UsrPortalService/Get")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let (lines, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    let mut levels = std::collections::BTreeSet::new();
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        let level = value["level"].as_str().unwrap_or("").to_string();
+        assert!(!level.is_empty(), "no level: {line}");
+        levels.insert(level);
+    }
+    let log = lines.join("\n");
+    assert!(log.contains("creatio-proxy ready"), "{log}");
+    assert!(log.contains("method_not_allowed"), "{log}");
+    assert!(
+        log.contains("\"status\":405") || log.contains("\"status\":\"405\""),
+        "{log}"
+    );
+    assert!(
+        levels.contains("WARN"),
+        "a warning (the failing portal login): {levels:?}"
+    );
+    if rustix::process::geteuid().is_root() {
+        assert!(log.contains("running as root"), "{log}");
+    }
+}

@@ -213,6 +213,7 @@ fn the_example_config_states_the_defaults() {
         minimal.allow_unauthenticated_remote
     );
     assert_eq!(shipped.log, minimal.log);
+    assert_eq!(shipped.limits, minimal.limits);
 }
 
 #[test]

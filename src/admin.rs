@@ -31,6 +31,11 @@ pub(crate) async fn serve_admin(
     state: Arc<ServerState>,
     limits: Arc<Listener>,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        if let Some(warning) = exposure_warning(addr, &state.live.load().config.allowed_clients) {
+            tracing::warn!(admin = %addr, "{warning}");
+        }
+    }
     let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -66,11 +71,26 @@ pub(crate) async fn serve_admin(
     }
 }
 
+/// The start-up warning for an admin listener that anyone who reaches it may use: bound off
+/// loopback with `server.allowed_clients` empty (which admits every address). The admin port
+/// shows identity names, principals and login diagnoses (`/readyz`) and traffic figures
+/// (`/metrics`); `POST /reload` stays loopback-only whatever the config says.
+fn exposure_warning(addr: SocketAddr, allowed: &[crate::config::IpBlock]) -> Option<String> {
+    if addr.ip().to_canonical().is_loopback() || !allowed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the admin listener ({addr}) is off loopback and server.allowed_clients is empty: any client that reaches port {} can read /readyz (identities, principals, login diagnoses) and /metrics; set server.allowed_clients to the addresses of your probes and scrapers, or bind admin.listen to 127.0.0.1",
+        addr.port()
+    ))
+}
+
 /// Longest time `/readyz` waits for a login it started (probes time out after a few seconds).
 const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// `/healthz`: the process runs. `/readyz`: every identity holds a usable session or token,
-/// or just got one (the probe logs in when there is none, within the login back-off).
+/// or just got one (the probe logs in when there is none, within the login back-off; never
+/// while an identity's logins are stopped after a locked account or an expired password).
 /// `/metrics`: Prometheus text. `POST /reload`: re-read the config file, from loopback only.
 async fn admin_answer(
     req: &Request<Incoming>,
@@ -198,8 +218,14 @@ async fn readiness(state: &ServerState) -> (StatusCode, serde_json::Value) {
     let shared = state.live.load_full();
     let mut checks = tokio::task::JoinSet::new();
     let mut unanswered = Vec::new();
+    let mut not_ready = Vec::new();
     for (index, identity) in shared.identities.iter().enumerate() {
         if identity.current().as_deref().is_some_and(usable) {
+            continue;
+        }
+        // Stopped logins: said as they are, and no attempt (`crate::auth`, rule 6).
+        if let Some((failure, left)) = identity.logins_stopped() {
+            not_ready.push((index, stopped_entry(identity, &failure, left)));
             continue;
         }
         unanswered.push(index);
@@ -210,7 +236,6 @@ async fn readiness(state: &ServerState) -> (StatusCode, serde_json::Value) {
             (index, identity, outcome)
         });
     }
-    let mut not_ready = Vec::new();
     while let Some(joined) = checks.join_next().await {
         // A check that panicked leaves its index in `unanswered`: not ready, below.
         let Ok((index, identity, outcome)) = joined else {
@@ -279,6 +304,33 @@ async fn readiness(state: &ServerState) -> (StatusCode, serde_json::Value) {
     )
 }
 
+/// The `/readyz` entry of an identity whose logins are stopped: the diagnosis, Creatio's
+/// sentence, and when the proxy tries again (`retry_after_seconds`) or that only a reload
+/// makes it (`"next_login": "after_reload"`).
+fn stopped_entry(
+    identity: &crate::auth::Identity,
+    failure: &crate::auth::LoginFailure,
+    left: Option<Duration>,
+) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "identity": identity.name().as_ref(),
+        "principal": identity.principal(),
+        "error": failure.error_code(),
+        "diagnosis": failure.diagnosis.code(),
+        "reason": failure.message,
+        "logins_stopped": true,
+    });
+    match left {
+        Some(left) => {
+            entry["retry_after_seconds"] =
+                (left.as_secs() + u64::from(left.subsec_nanos() > 0)).into();
+            entry["next_login"] = "after_lock_window".into();
+        }
+        None => entry["next_login"] = "after_reload".into(),
+    }
+    entry
+}
+
 fn admin_response(
     status: StatusCode,
     body: String,
@@ -289,4 +341,35 @@ fn admin_response(
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpBlock;
+
+    #[test]
+    fn an_admin_listener_off_loopback_without_allowed_clients_is_warned_about() {
+        let blocks = |list: &[&str]| -> Vec<IpBlock> {
+            list.iter().filter_map(|b| IpBlock::parse(b)).collect()
+        };
+        let cases = [
+            ("127.0.0.1:5090", blocks(&[]), false),
+            ("[::1]:5090", blocks(&[]), false),
+            ("[::ffff:127.0.0.1]:5090", blocks(&[]), false),
+            ("0.0.0.0:5090", blocks(&[]), true),
+            ("[::]:5090", blocks(&[]), true),
+            ("10.1.2.3:5090", blocks(&[]), true),
+            ("0.0.0.0:5090", blocks(&["10.0.0.0/8"]), false),
+        ];
+        for (addr, allowed, warned) in cases {
+            let addr: SocketAddr = addr.parse().expect("address");
+            let warning = exposure_warning(addr, &allowed);
+            assert_eq!(warning.is_some(), warned, "{addr} {allowed:?}");
+            if let Some(w) = warning {
+                assert!(w.contains("server.allowed_clients"), "{w}");
+                assert!(w.contains(&addr.port().to_string()), "{w}");
+            }
+        }
+    }
 }

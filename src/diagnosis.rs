@@ -50,6 +50,13 @@ impl Diagnosis {
             Diagnosis::Certificate => "tls_certificate_untrusted",
         }
     }
+
+    /// True when Creatio has said the account cannot log in until someone acts (locked, or the
+    /// password expired): another attempt cannot succeed before that and, for a lock, may
+    /// extend it. The proxy stops logging in for the identity (see [`crate::auth`]).
+    pub(crate) fn stops_logins(self) -> bool {
+        matches!(self, Diagnosis::UserLocked | Diagnosis::PasswordExpired)
+    }
 }
 
 /// Which server a failure concerns: Creatio (forms login) or the Identity Service (token).
@@ -70,6 +77,8 @@ pub(crate) struct LoginFailure {
     pub server: Server,
     /// One sentence: what happened and what to change. Never holds a secret.
     pub message: String,
+    /// How long the account stays locked, when Creatio's message named a time.
+    pub lock_window: Option<std::time::Duration>,
 }
 
 impl LoginFailure {
@@ -79,7 +88,14 @@ impl LoginFailure {
             diagnosis,
             server,
             message: message.into(),
+            lock_window: None,
         }
+    }
+
+    /// The same failure, with the lock window Creatio named.
+    pub(crate) fn with_lock_window(mut self, window: Option<std::time::Duration>) -> Self {
+        self.lock_window = window;
+        self
     }
 
     /// The `error` code of the JSON answer: what failed, at the level a client acts on.

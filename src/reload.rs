@@ -5,6 +5,11 @@
 //! use; requests under way finish with the state they started with, and open connections stay
 //! open. Identities whose settings did not change keep their sessions, unless the way to
 //! Creatio changed. An invalid config is refused with a log line, and the running one stays.
+//!
+//! Every applied reload also lets identities whose logins were stopped (a locked account, an
+//! expired password: `crate::auth`, rule 6) try once more. Identities the new config drops
+//! (or replaces) go with the old state: their oauth2 token keepers end and their connection
+//! pools are freed once the requests still using the old state finish.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +69,11 @@ impl Reloader {
         let keep: &[Arc<crate::auth::Identity>] = if same_upstream { &old.identities } else { &[] };
         let shared = Shared::build(config, client, self.state.metrics.clone(), keep);
         for identity in shared.identities.iter() {
-            identity.keep_fresh(&shared.login);
+            // A reload is how an operator says "try again" after unlocking an account
+            // (`crate::auth`, rule 6).
+            identity.resume_logins();
+            // The task ends by itself when a later reload drops the identity.
+            drop(identity.keep_fresh(&shared.login));
         }
         let kept = shared
             .identities

@@ -251,7 +251,7 @@ fn refusal(username: &str, code: i64, reply: LoginReply) -> LoginFailure {
     if reply.password_change_url.is_some_and(|u| !u.is_empty()) {
         return fail(
             Diagnosis::PasswordExpired,
-            format!("the password of Creatio user \"{username}\" has expired (Creatio: \"{said}\"): change it in Creatio, then give the proxy the new password"),
+            format!("the password of Creatio user \"{username}\" has expired (Creatio: \"{said}\"): change it in Creatio, then give the proxy the new password; until its config is reloaded the proxy does not try to log in again"),
         );
     }
     // Creatio's English texts; a localised message falls through to the general case, which
@@ -260,10 +260,19 @@ fn refusal(username: &str, code: i64, reply: LoginReply) -> LoginFailure {
         || lower.contains("locked out")
         || lower.contains("has been locked")
     {
+        let window = lock_window(&said);
+        let next = match window {
+            Some(w) => format!(
+                "the proxy does not try to log in again until that lock has passed (in {}) or its config is reloaded",
+                humantime::format_duration(w)
+            ),
+            None => "the proxy does not try to log in again until its config is reloaded (creatio-proxy reload, SIGHUP or POST /reload), so it never extends the lock".to_string(),
+        };
         return fail(
             Diagnosis::UserLocked,
-            format!("Creatio user \"{username}\" is locked (Creatio: \"{said}\"): unlock it in Creatio (System Designer, System users); the proxy retries on its back-off schedule and never hammers the account"),
-        );
+            format!("Creatio user \"{username}\" is locked (Creatio: \"{said}\"): unlock it in Creatio (System Designer, System users); {next}"),
+        )
+        .with_lock_window(window);
     }
     if lower.contains("user name or password") || lower.contains("username or password") {
         return fail(
@@ -275,6 +284,49 @@ fn refusal(username: &str, code: i64, reply: LoginReply) -> LoginFailure {
         Diagnosis::LoginRefused,
         format!("Creatio refused the login of user \"{username}\" (Creatio: \"{said}\"): Creatio's message says why; check the user in Creatio (active, licensed, allowed to log in from here)"),
     )
+}
+
+/// Longest lock window believed: a message that seems to name more is still read as a lock,
+/// and the proxy tries again after this (once).
+const MAX_LOCK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The time a lock message names ("locked for 15 minutes", "try again in 1 hour"), if it names
+/// one: the first number followed by a unit of time.
+///
+/// Which words Creatio uses is not known (its `UserLockoutDuration` setting sets the time, but
+/// the reference has no captured message; the emulator's names none), so this reads any
+/// "<number> <unit>" in English, and a message without one stops logins until a reload. A time
+/// that is not the lock's ("3 attempts within 10 minutes") costs at most one attempt per that
+/// time.
+pub(crate) fn lock_window(message: &str) -> Option<Duration> {
+    let lower = message.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (i, word) in words.iter().enumerate() {
+        // "15", then "minutes"; or "15min" in one word.
+        let digits = word
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(word.len());
+        let Ok(number) = word[..digits].parse::<u64>() else {
+            continue;
+        };
+        let unit = match &word[digits..] {
+            "" => words.get(i + 1).copied().unwrap_or_default(),
+            rest => rest,
+        };
+        let seconds = match unit {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            _ => continue,
+        };
+        let window = Duration::from_secs(number.saturating_mul(seconds));
+        return (!window.is_zero()).then(|| window.min(MAX_LOCK_WINDOW));
+    }
+    None
 }
 
 /// `scheme://authority` of an absolute `Location` on another origin than Creatio's.
@@ -345,5 +397,41 @@ mod tests {
             diagnosis_of("Login blocked by the clock skew check", None),
             Diagnosis::LoginRefused
         );
+    }
+
+    #[test]
+    fn a_lock_message_may_name_its_window() {
+        let min = |n: u64| Some(Duration::from_secs(n * 60));
+        let cases = [
+            (
+                "The user is locked. Please contact your system administrator",
+                None,
+            ),
+            ("The user is locked for 15 minutes", min(15)),
+            (
+                "Your account has been locked. Try again in 1 hour.",
+                min(60),
+            ),
+            (
+                "User is locked out for 30 sec",
+                Some(Duration::from_secs(30)),
+            ),
+            ("Account locked (5min)", min(5)),
+            ("The user is locked for 0 minutes", None),
+            ("The user is locked until 2025", None),
+            ("The user is locked for 400 days", Some(MAX_LOCK_WINDOW)),
+        ];
+        for (message, window) in cases {
+            assert_eq!(lock_window(message), window, "{message}");
+        }
+        let reply = LoginReply {
+            code: Some(1),
+            message: Some("The user is locked for 15 minutes".into()),
+            password_change_url: None,
+        };
+        let failure = refusal("u", 1, reply);
+        assert_eq!(failure.diagnosis, Diagnosis::UserLocked);
+        assert_eq!(failure.lock_window, min(15));
+        assert!(failure.message.contains("in 15m"), "{}", failure.message);
     }
 }

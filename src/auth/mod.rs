@@ -14,6 +14,15 @@
 //! 5. A failed login starts a back-off (2 s doubling to 60 s by default); until it ends every
 //!    request for that identity fails fast with the same error, so a wrong password never
 //!    turns into a storm of logins that locks the Creatio account.
+//! 6. A failure that says the account cannot log in until someone acts — `user_locked` or
+//!    `password_expired` ([`Diagnosis::stops_logins`]) — stops logins for the identity: no
+//!    request, `/readyz` probe or token keeper tries again until the lock window Creatio named
+//!    has passed (when its message names one) or the config is reloaded (any successful
+//!    reload: SIGHUP, `POST /reload`, a changed identity). Requests get the same error at once;
+//!    `/readyz` says so. Each attempt on a locked account may extend the lock, and a probe
+//!    every few seconds would keep it locked for ever.
+//! 7. Re-logins after an expired answer pause per endpoint when a fresh session does not help
+//!    that endpoint ([`relogin`]).
 //!
 //! An oauth2 identity lives the same life with a bearer token instead of a cookie jar: the
 //! token request is single flight, a 401 renews it once, and failures back off. A token also
@@ -24,6 +33,7 @@
 pub(crate) mod expiry;
 pub(crate) mod jar;
 mod login;
+pub(crate) mod relogin;
 
 pub(crate) use login::LoginContext;
 pub(crate) mod token;
@@ -119,10 +129,12 @@ struct Gate {
     last_error: Option<LoginFailure>,
 }
 
-/// State of the guard against re-login storms (see [`Identity::relogin_paused`]).
-#[derive(Default)]
-struct ReloginGuard {
-    refusals: u32,
+/// Logins stopped after a failure that [stops logins](Diagnosis::stops_logins) (rule 6).
+struct Stop {
+    /// The failure that stopped them, answered to every request meanwhile.
+    failure: LoginFailure,
+    /// When logins may resume by themselves: the end of the lock window Creatio named. `None`:
+    /// only a config reload resumes them.
     until: Option<Instant>,
 }
 
@@ -143,7 +155,9 @@ pub(crate) struct Identity {
     gate: tokio::sync::Mutex<Gate>,
     generation: AtomicU64,
     logins: AtomicU64,
-    relogin: Mutex<ReloginGuard>,
+    relogin: relogin::ReloginGuard,
+    /// Logins stopped (rule 6); never locked across an await.
+    stop: Mutex<Option<Stop>>,
     /// A background token renewal is under way.
     refreshing: AtomicBool,
     /// Woken whenever a session is published (or its renewal time moves).
@@ -194,7 +208,8 @@ impl Identity {
             gate: tokio::sync::Mutex::new(Gate::default()),
             generation: AtomicU64::new(0),
             logins: AtomicU64::new(0),
-            relogin: Mutex::new(ReloginGuard::default()),
+            relogin: relogin::ReloginGuard::default(),
+            stop: Mutex::new(None),
             refreshing: AtomicBool::new(false),
             published: Arc::new(tokio::sync::Notify::new()),
             kept: AtomicBool::new(false),
@@ -317,6 +332,9 @@ impl Identity {
                 return Ok(s);
             }
         }
+        if let Some((failure, left)) = self.logins_stopped() {
+            return Err(self.login_error(&failure, left));
+        }
         // During a back-off the session in hand stays: a token whose background renewal failed
         // is still good until it expires, whatever one odd answer said.
         let now = Instant::now();
@@ -361,57 +379,28 @@ impl Identity {
     /// Keeps an oauth2 identity's token fresh while no request comes: a task that starts each
     /// renewal at the token's renewal time, so an idle proxy never lets its token lapse (and
     /// `/readyz` stays true). With no token left after failures, it tries again after the
-    /// longest back-off. The task ends when the identity is dropped. Forms sessions slide
-    /// with use and need no keeper.
-    pub(crate) fn keep_fresh(self: &Arc<Self>, ctx: &LoginContext) {
+    /// longest back-off (not while logins are stopped, rule 6). Forms sessions slide with use
+    /// and need no keeper.
+    ///
+    /// The task holds the identity only weakly and ends as soon as the identity is dropped (a
+    /// reload that removes or replaces it): dropping wakes it ([`Drop`] below), whatever it
+    /// was waiting for, so it never keeps the login context (and its connection pool) alive.
+    /// Returns the task, or `None` when there is nothing to keep (forms, or already kept).
+    pub(crate) fn keep_fresh(
+        self: &Arc<Self>,
+        ctx: &LoginContext,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if !self.is_oauth2() || self.kept.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         let weak = Arc::downgrade(self);
         let published = self.published.clone();
+        let name = self.name.clone();
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                let notified = published.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let Some(me) = weak.upgrade() else { return };
-                let due = me
-                    .current()
-                    .and_then(|s| s.refresh_at.map(|at| (at, s.generation)));
-                match due {
-                    Some((at, generation)) if Instant::now() >= at => {
-                        me.refresh_in_background(&ctx, generation);
-                        drop(me);
-                        notified.await;
-                    }
-                    Some((at, _)) => {
-                        drop(me);
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(at) => {}
-                            _ = &mut notified => {}
-                        }
-                    }
-                    None if me.logins() > 0 => {
-                        // The token is gone and the last renewal failed: try again after the
-                        // longest back-off (a request may well do it sooner).
-                        drop(me);
-                        tokio::select! {
-                            _ = tokio::time::sleep(ctx.backoff_max) => {}
-                            _ = &mut notified => continue,
-                        }
-                        let Some(me) = weak.upgrade() else { return };
-                        if me.current().is_none() {
-                            let _ = me.renew(&ctx, None).await;
-                        }
-                    }
-                    None => {
-                        drop(me);
-                        notified.await;
-                    }
-                }
-            }
-        });
+        Some(tokio::spawn(async move {
+            keeper(weak, &published, &ctx).await;
+            tracing::info!(identity = %name, "the identity left the config: its token keeper stopped");
+        }))
     }
 
     /// Renews the token of `generation` while requests go on using it. A failure leaves the
@@ -422,7 +411,11 @@ impl Identity {
         if !still_current {
             return;
         }
-        let blocked = gate.retry_at.filter(|at| Instant::now() < *at);
+        let stopped = self.logins_stopped().map(|(_, left)| {
+            // Until a reload: check again after the longest back-off (it costs no attempt).
+            Instant::now() + left.unwrap_or(ctx.backoff_max)
+        });
+        let blocked = stopped.or(gate.retry_at.filter(|at| Instant::now() < *at));
         let retry_at = match blocked {
             Some(at) => at,
             None => match self.attempt(ctx, &mut gate).await {
@@ -517,6 +510,12 @@ impl Identity {
                 self.metrics.login(Some(failure.diagnosis.code()));
                 gate.failures = gate.failures.saturating_add(1);
                 let wait = backoff_after(gate.failures, ctx.backoff, ctx.backoff_max);
+                if failure.diagnosis.stops_logins() {
+                    // Rule 6: the stop replaces the back-off; a reload resumes at once.
+                    gate.retry_at = None;
+                    gate.last_error = None;
+                    return Err(self.stop_logins(failure, wait));
+                }
                 gate.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(
                     identity = %self.name,
@@ -557,41 +556,95 @@ impl Identity {
         }
     }
 
-    /// How long expiry-driven re-logins stay paused, if they are.
-    ///
-    /// A re-login whose replay is refused as "expired" again means a fresh session did not
-    /// help: the answer comes from the endpoint (a service that answers 401 by itself), not
-    /// from an expired session. Logging in again for every such request would open a Creatio
-    /// session per request, so after each such refusal re-logins pause on the login back-off
-    /// schedule; a replay that works ends the pause.
-    pub(crate) fn relogin_paused(&self) -> Option<Duration> {
-        let guard = self.relogin.lock().ok()?;
-        let until = guard.until?;
+    /// How long expiry-driven re-logins for `endpoint` (the request's canonical path) stay
+    /// paused, if they are ([`relogin`]).
+    pub(crate) fn relogin_paused(&self, endpoint: &str, ctx: &LoginContext) -> Option<Duration> {
+        self.relogin.paused(endpoint, ctx.backoff_max)
+    }
+
+    /// Records that a replay on `endpoint` after a fresh login was refused again.
+    pub(crate) fn replay_refused(&self, endpoint: &str, ctx: &LoginContext) {
+        let wait = self
+            .relogin
+            .refused(endpoint, |n| backoff_after(n, ctx.backoff, ctx.backoff_max));
+        tracing::warn!(
+            identity = %self.name,
+            endpoint,
+            pause_ms = wait.as_millis() as u64,
+            "Creatio refused a request again right after a fresh login; re-logins for expired answers of this endpoint are paused"
+        );
+    }
+
+    /// Records that a replay on `endpoint` after a fresh login worked.
+    pub(crate) fn replay_worked(&self, endpoint: &str) {
+        self.relogin.worked(endpoint);
+    }
+
+    /// Rule 6: the failure that stopped logins and the time until they resume by themselves
+    /// (`None`: only a reload resumes them), while they are stopped. A lock window that has
+    /// passed ends the stop here.
+    pub(crate) fn logins_stopped(&self) -> Option<(LoginFailure, Option<Duration>)> {
+        let mut stop = self.stop.lock().ok()?;
         let now = Instant::now();
-        (now < until).then(|| until - now)
-    }
-
-    /// Records that a replay after a fresh login was refused again.
-    pub(crate) fn replay_refused(&self, ctx: &LoginContext) {
-        if let Ok(mut guard) = self.relogin.lock() {
-            guard.refusals = guard.refusals.saturating_add(1);
-            let wait = backoff_after(guard.refusals, ctx.backoff, ctx.backoff_max);
-            guard.until = Some(Instant::now() + wait);
-            tracing::warn!(
-                identity = %self.name,
-                pause_ms = wait.as_millis() as u64,
-                "Creatio refused a request again right after a fresh login; re-logins for expired answers are paused"
-            );
-        }
-    }
-
-    /// Records that a replay after a fresh login worked.
-    pub(crate) fn replay_worked(&self) {
-        if let Ok(mut guard) = self.relogin.lock() {
-            if guard.refusals != 0 || guard.until.is_some() {
-                *guard = ReloginGuard::default();
+        match stop.as_ref()? {
+            Stop {
+                until: None,
+                failure,
+            } => Some((failure.clone(), None)),
+            Stop {
+                until: Some(at),
+                failure,
+            } if now < *at => Some((failure.clone(), Some(*at - now))),
+            Stop { .. } => {
+                *stop = None;
+                None
             }
         }
+    }
+
+    /// Rule 6: a reload lets logins resume (one attempt finds out whether the account is
+    /// usable again). True when they had been stopped.
+    pub(crate) fn resume_logins(&self) -> bool {
+        let resumed = self.stop.lock().ok().and_then(|mut s| s.take()).is_some();
+        if resumed {
+            tracing::info!(identity = %self.name, principal = %self.principal(), "config reloaded: logins resume");
+            // The keeper of an oauth2 identity waits for news.
+            self.published.notify_waiters();
+        }
+        resumed
+    }
+
+    /// Stops logins after `failure` (rule 6): until its lock window ends (at least `backoff`
+    /// from now), or until a reload. The error for the request that found out.
+    fn stop_logins(&self, failure: LoginFailure, backoff: Duration) -> ProxyError {
+        let left = failure.lock_window.map(|w| w.max(backoff));
+        match left {
+            Some(left) => tracing::warn!(
+                identity = %self.name,
+                principal = %self.principal(),
+                error = failure.error_code(),
+                diagnosis = failure.diagnosis.code(),
+                retry_in_s = left.as_secs(),
+                "Creatio login failed, logins stopped: {}",
+                failure.message
+            ),
+            None => tracing::warn!(
+                identity = %self.name,
+                principal = %self.principal(),
+                error = failure.error_code(),
+                diagnosis = failure.diagnosis.code(),
+                "Creatio login failed, logins stopped until a reload: {}",
+                failure.message
+            ),
+        }
+        let err = self.login_error(&failure, left);
+        if let Ok(mut stop) = self.stop.lock() {
+            *stop = Some(Stop {
+                failure,
+                until: left.map(|l| Instant::now() + l),
+            });
+        }
+        err
     }
 
     fn login_error(&self, failure: &LoginFailure, retry_after: Option<Duration>) -> ProxyError {
@@ -646,6 +699,62 @@ impl Identity {
     }
 }
 
+/// The loop of [`Identity::keep_fresh`]; returns when the identity is gone. Every wait also
+/// ends on `published`, which the identity notifies when it is dropped.
+async fn keeper(
+    weak: std::sync::Weak<Identity>,
+    published: &tokio::sync::Notify,
+    ctx: &LoginContext,
+) {
+    loop {
+        let notified = published.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(me) = weak.upgrade() else { return };
+        let due = me
+            .current()
+            .and_then(|s| s.refresh_at.map(|at| (at, s.generation)));
+        match due {
+            Some((at, generation)) if Instant::now() >= at => {
+                me.refresh_in_background(ctx, generation);
+                drop(me);
+                notified.await;
+            }
+            Some((at, _)) => {
+                drop(me);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = &mut notified => {}
+                }
+            }
+            None if me.logins() > 0 => {
+                // The token is gone and the last renewal failed: try again after the longest
+                // back-off (a request may well do it sooner).
+                drop(me);
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.backoff_max) => {}
+                    _ = &mut notified => continue,
+                }
+                let Some(me) = weak.upgrade() else { return };
+                if me.current().is_none() && me.logins_stopped().is_none() {
+                    let _ = me.renew(ctx, None).await;
+                }
+            }
+            None => {
+                drop(me);
+                notified.await;
+            }
+        }
+    }
+}
+
+impl Drop for Identity {
+    /// Wakes the keeper task, which then finds the identity gone and ends.
+    fn drop(&mut self) {
+        self.published.notify_waiters();
+    }
+}
+
 /// What [`Identity::absorb`] did with an answer's cookies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Absorbed {
@@ -658,27 +767,4 @@ pub(crate) enum Absorbed {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let base = Duration::from_secs(2);
-        let max = Duration::from_secs(60);
-        let waits: Vec<u64> = (1..=7)
-            .map(|n| backoff_after(n, base, max).as_secs())
-            .collect();
-        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60]);
-        assert_eq!(backoff_after(100, base, max), max);
-        // Attempts at t = 0, 2, 6, 14 s: a client retrying for 10 s causes at most 3 logins.
-        let mut t = 0;
-        let mut attempts_within_10s = 0;
-        for n in 1..=10 {
-            if t <= 10 {
-                attempts_within_10s += 1;
-            }
-            t += backoff_after(n, base, max).as_secs();
-        }
-        assert_eq!(attempts_within_10s, 3);
-    }
-}
+mod tests;

@@ -13,9 +13,12 @@
 //!    renewed: one login for every request that met the same expiry. The request is then
 //!    replayed once, through the session layer, which attaches the new session.
 //! 4. A body too large to replay: 503 that says it is safe to send again (the session has been
-//!    renewed). A replay that meets an expired answer again: 502, and re-logins for this
-//!    identity pause on the login back-off (the endpoint itself refuses; logging in again per
-//!    request would open a Creatio session per request).
+//!    renewed). A replay that meets an expired answer again: 502, and re-logins for expired
+//!    answers of this *endpoint* (the canonical path without query, per identity) pause on the
+//!    login back-off: the endpoint itself refuses, and logging in again per request would open
+//!    a Creatio session per request. Other endpoints of the identity still re-login, so a real
+//!    expiry elsewhere recovers ([`crate::auth::relogin`] has the key, the bound on remembered
+//!    endpoints and the storm rule).
 //!
 //! It sits outside the session layer so that a replay goes through the session layer again:
 //! only that layer attaches credentials.
@@ -36,6 +39,7 @@ use super::request::{Outcome, Routed, SentWith};
 use crate::auth::expiry::{classify, login_page_markers, Verdict, LOGIN_PAGE_SCAN};
 use crate::auth::{Identity, LoginContext};
 use crate::body::{read_ahead, ProxyBody, ReadAhead};
+use crate::canonical::CanonicalPath;
 use crate::error::ProxyError;
 use crate::metrics::Replay;
 
@@ -226,13 +230,20 @@ where
         .ok_or(ProxyError::Internal("no route decision"))?;
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let (first, replay) = match prepare(body, settings.replay_limit, settings.timeout).await? {
-        Prepared::Replayable(bytes) => (
-            ProxyBody::full(bytes.clone()),
-            Some((Spare::of(&parts), bytes)),
-        ),
-        Prepared::Streaming(body) => (body, None),
-    };
+    // The endpoint (rule 4) travels in the spare head; a streamed body keeps only the path.
+    let (first, replay, streamed) =
+        match prepare(body, settings.replay_limit, settings.timeout).await? {
+            Prepared::Replayable(bytes) => (
+                ProxyBody::full(bytes.clone()),
+                Some((Spare::of(&parts), bytes)),
+                None,
+            ),
+            Prepared::Streaming(body) => (
+                body,
+                None,
+                parts.extensions.get::<Routed>().map(|r| r.path.clone()),
+            ),
+        };
     let response = inner.call(Request::from_parts(parts, first)).await?;
     let sent_with = response
         .extensions()
@@ -241,7 +252,12 @@ where
     match inspect(response, &method, settings.timeout).await? {
         Some(response) => Ok(with_outcome(response, false)),
         // The rare path is boxed so the common path's future stays small.
-        None => Box::pin(recover(inner, settings, identity, sent_with, replay)).await,
+        None => {
+            Box::pin(recover(
+                inner, settings, identity, sent_with, replay, streamed,
+            ))
+            .await
+        }
     }
 }
 
@@ -252,11 +268,19 @@ async fn recover<S>(
     identity: Arc<Identity>,
     stale: Option<u64>,
     replay: Option<(Spare, Bytes)>,
+    streamed: Option<CanonicalPath>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
 {
-    if let Some(wait) = identity.relogin_paused() {
+    let endpoint = replay
+        .as_ref()
+        .and_then(|(spare, _)| spare.routed.as_ref())
+        .map(|r| r.path.clone())
+        .or(streamed)
+        .ok_or(ProxyError::Internal("no route decision"))?;
+    let endpoint = endpoint.as_str();
+    if let Some(wait) = identity.relogin_paused(endpoint, &settings.login) {
         return Err(ProxyError::ReloginPaused {
             identity: identity.name().to_string(),
             retry_after: wait,
@@ -276,13 +300,13 @@ where
     let response = svc.call(spare.request(ProxyBody::full(bytes))).await?;
     match inspect(response, &method, settings.timeout).await? {
         Some(response) => {
-            identity.replay_worked();
+            identity.replay_worked(endpoint);
             identity.metrics().replay(Replay::Ok);
             Ok(with_outcome(response, true))
         }
         None => {
             identity.metrics().replay(Replay::ExpiredAgain);
-            identity.replay_refused(&settings.login);
+            identity.replay_refused(endpoint, &settings.login);
             Err(ProxyError::ExpiredAgain {
                 identity: identity.name().to_string(),
                 oauth2: identity.is_oauth2(),

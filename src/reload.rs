@@ -91,6 +91,17 @@ impl Reloader {
                 old.config.log.format != config.log.format
                     || old.config.log.level != config.log.level,
             ),
+            (
+                "the connection limits (server.max_connections, header_read_timeout, idle_timeout, send_timeout, and max_header_bytes for the parser's buffer)",
+                {
+                    let (a, b) = (&old.config.limits, &config.limits);
+                    a.max_connections != b.max_connections
+                        || a.header_read_timeout != b.header_read_timeout
+                        || a.idle_timeout != b.idle_timeout
+                        || a.send_timeout != b.send_timeout
+                        || a.max_header_bytes != b.max_header_bytes
+                },
+            ),
         ] {
             if changed {
                 tracing::warn!(

@@ -394,3 +394,30 @@ async fn a_client_that_stops_reading_is_cut_and_its_creatio_connection_freed() {
     closed_by_proxy(&mut s).await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_h2_header_list_over_max_header_bytes_is_refused_and_never_forwarded() {
+    let emu = emulator(EmulatorOptions::default()).await;
+    let proxy = proxy_from_toml(&config_toml(&emu, "max_header_bytes = \"64KiB\"", "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let ok = Request::get(proxy.url("/0/odata/Contact"))
+        .header("x-within", "v".repeat(40 * 1024))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let r = send.send_request(ok).await.expect("h2 answer");
+    assert_eq!(r.status(), StatusCode::OK);
+    let big = Request::get(proxy.url("/0/odata/Account"))
+        .header("x-big", "v".repeat(80 * 1024))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    // h2 answers the stream itself, before the stack sees it.
+    let r = send.send_request(big).await.expect("h2 answer");
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(emu.seen().iter().all(|s| s.path != "/0/odata/Account"));
+    proxy.stop().await;
+}

@@ -988,3 +988,55 @@ async fn with_json_logs_every_stderr_line_is_a_json_object() {
         assert!(log.contains("running as root"), "{log}");
     }
 }
+
+/// Out of file descriptors, the accept loop pauses instead of spinning, logs the failure
+/// rarely (not every 100 ms), and serves again once descriptors are free: here the silent
+/// connections that used them up are closed by `header_read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_backs_off_logs_rarely_and_recovers() {
+    let emu = emulator(options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n[creatio]\nurl = \"{}\"\n[auth]\nusername = \"Supervisor\"\npassword = \"{PASSWORD}\"\n",
+            emu.url()
+        ),
+    );
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=64:64", BIN, "--config", &path]);
+    let mut proxy = spawn_command(prlimit);
+    let addr = proxy.listen_addr();
+    // More silent connections than the proxy has descriptors for.
+    let mut silent = Vec::new();
+    for _ in 0..120 {
+        silent.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("the kernel queues the connection"),
+        );
+    }
+    let c = client();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        get(&c, &format!("http://{addr}/0/odata/Contact")),
+    )
+    .await
+    .expect("served once descriptors are free again");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    drop(silent);
+    let (lines, code) = proxy.terminate();
+    assert_eq!(code, Some(0));
+    let failures: Vec<&String> = lines.iter().filter(|l| l.contains("accept failed")).collect();
+    assert!(
+        !failures.is_empty(),
+        "the proxy never ran out of descriptors; the test proves nothing:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        failures.len() <= 4,
+        "accept failures logged {} times:\n{}",
+        failures.len(),
+        lines.join("\n")
+    );
+}

@@ -1027,7 +1027,10 @@ async fn out_of_file_descriptors_backs_off_logs_rarely_and_recovers() {
     drop(silent);
     let (lines, code) = proxy.terminate();
     assert_eq!(code, Some(0));
-    let failures: Vec<&String> = lines.iter().filter(|l| l.contains("accept failed")).collect();
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
     assert!(
         !failures.is_empty(),
         "the proxy never ran out of descriptors; the test proves nothing:\n{}",

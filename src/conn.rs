@@ -51,7 +51,10 @@ use crate::metrics::Metrics;
 /// to close.
 pub(crate) const SHED_WAIT: Duration = Duration::from_millis(250);
 
-/// Accept failures are logged at most this often.
+/// Refused connections answered at once, each for a second at most.
+const LINGERING: usize = 64;
+
+/// Accept failures (and refusals) are logged at most this often.
 pub(crate) const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a connection asked to close gracefully may take before it is dropped, when
@@ -74,6 +77,10 @@ pub(crate) struct Listener {
     closing: AtomicBool,
     shutdown: Notify,
     metrics: Arc<Metrics>,
+    /// Refused connections still being answered (see [`Listener::refuse`]).
+    lingering: Arc<Semaphore>,
+    refused: AtomicU64,
+    refusal_logged: std::sync::Mutex<Option<Instant>>,
     /// What the log and metrics call this listener.
     pub(crate) name: &'static str,
 }
@@ -113,6 +120,9 @@ impl Listener {
             closing: AtomicBool::new(false),
             shutdown: Notify::new(),
             metrics,
+            lingering: Arc::new(Semaphore::new(LINGERING)),
+            refused: AtomicU64::new(0),
+            refusal_logged: std::sync::Mutex::new(None),
             name,
         })
     }
@@ -130,16 +140,48 @@ impl Listener {
             .and_then(Result::ok)
     }
 
-    /// Answers a connection that found no room: 503 JSON, if the socket takes it at once,
-    /// then closed. Never waits for the client.
+    /// Answers a connection that found no room: 503 JSON, then closed. At most
+    /// [`LINGERING`] refusals at a time wait (a second at most) to read what the client sent,
+    /// so that closing does not reset the answer away; past that, the answer is written only
+    /// if the socket takes it at once. Logged at most once per [`ACCEPT_LOG_EVERY`].
     pub(crate) fn refuse(&self, stream: TcpStream) {
         self.metrics.connection_closed("refused");
-        let _ = stream.try_write(REFUSAL.as_bytes());
-        tracing::warn!(
-            listener = self.name,
-            max_connections = self.max,
-            "connection refused: server.max_connections connections are open and none is idle"
-        );
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut last) = self.refusal_logged.try_lock() {
+            let now = Instant::now();
+            if last.is_none_or(|at| now.saturating_duration_since(at) >= ACCEPT_LOG_EVERY) {
+                *last = Some(now);
+                tracing::warn!(
+                    listener = self.name,
+                    max_connections = self.max,
+                    refused_so_far = refused,
+                    "connection refused: server.max_connections connections are open and none is idle"
+                );
+            }
+        }
+        let Ok(permit) = self.lingering.clone().try_acquire_owned() else {
+            let _ = stream.try_write(REFUSAL.as_bytes());
+            return;
+        };
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _permit = permit;
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                stream.write_all(REFUSAL.as_bytes()).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                let mut read = 0usize;
+                while read < 64 * 1024 {
+                    match stream.read(&mut sink).await? {
+                        0 => break,
+                        n => read += n,
+                    }
+                }
+                Ok::<_, io::Error>(())
+            })
+            .await;
+        });
     }
 
     /// Asks every idle connection to close (out of file descriptors).

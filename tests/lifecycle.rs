@@ -279,6 +279,10 @@ async fn at_max_connections_idle_ones_are_closed_first_then_new_ones_refused_wit
     let deadline = Instant::now() + PATIENCE;
     let answer = loop {
         let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        // A client that sends its request at once still reads the refusal (not a reset).
+        let _ = s
+            .write_all(b"GET /0/odata/Contact HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
         let mut out = Vec::new();
         let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
         let text = String::from_utf8_lossy(&out).into_owned();

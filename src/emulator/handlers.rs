@@ -154,10 +154,15 @@ async fn login(shared: &Shared, parts: &Parts, body: Incoming) -> Response<Body>
             .insert(ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
+    shared.faults.count_login_request();
     let bytes = match read_body(body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
+    shared
+        .faults
+        .logins_released(shared.subscribe_shutdown())
+        .await;
     let Ok(credentials) = serde_json::from_slice::<Value>(&bytes) else {
         return json_response(
             StatusCode::BAD_REQUEST,

@@ -35,6 +35,9 @@
 //! authentication by form fields or HTTP Basic) and `GET /.well-known/openid-configuration`.
 //! Tests can make it hold requests unanswered or leave `access_token` out of its answer.
 //!
+//! Fault switches (`faults.rs`) make the app misbehave on purpose: [`Emulator::hold_logins`]
+//! makes the login endpoint hang. Network faults are left to a relay in front of it.
+//!
 //! Caveats: the emulator keeps everything in memory and has no `$filter`. Tokens are opaque
 //! reference tokens, not JWTs, and scopes are never checked. Requests to the Identity Service
 //! are counted by [`Emulator::token_requests`] and are not in [`Emulator::seen`]. The emulator
@@ -45,6 +48,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod faults;
 mod handlers;
 mod identity;
 mod model;
@@ -204,6 +208,24 @@ impl Emulator {
     /// Answers every held token request and stops holding.
     pub fn release_tokens(&self) {
         self.shared.hold_tokens(false);
+    }
+
+    /// While held, login POSTs wait unanswered, as when Creatio's login page hangs;
+    /// [`Emulator::release_logins`] answers every waiting one (and later ones at once). A
+    /// login whose client gives up meanwhile is never carried out.
+    pub fn hold_logins(&self) {
+        self.shared.faults.hold_logins(true);
+    }
+
+    /// Answers every held login POST and stops holding.
+    pub fn release_logins(&self) {
+        self.shared.faults.hold_logins(false);
+    }
+
+    /// Login POSTs received (at any user, whatever their outcome), counted on arrival, before
+    /// any hold: also those whose client gave up while they were held.
+    pub fn login_requests(&self) -> u64 {
+        self.shared.faults.login_requests()
     }
 
     /// Number of successful logins by `user`.

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::faults::Faults;
 use super::model::{
     EmulatorOptions, ExpiredResponse, Flavour, OAuthClient, SeenRequest, TokenFault, Upload,
 };
@@ -54,6 +55,8 @@ pub(super) struct Shared {
     token_requests: watch::Sender<u64>,
     /// True while token requests are held unanswered.
     token_hold: watch::Sender<bool>,
+    /// Fault switches (`faults.rs`).
+    pub(super) faults: Faults,
     state: Mutex<State>,
 }
 
@@ -194,6 +197,7 @@ impl Shared {
             shutdown: watch::channel(false).0,
             token_requests: watch::channel(0).0,
             token_hold: watch::channel(false).0,
+            faults: Faults::new(),
             state: Mutex::new(State {
                 accounts,
                 attempts: HashMap::new(),

@@ -1169,3 +1169,60 @@ fn paths_are_cooked_as_iis_cooks_them() {
         assert_eq!(cooked_path(raw).as_deref(), want.as_deref(), "{raw}");
     }
 }
+
+#[tokio::test]
+async fn held_logins_wait_until_released_and_an_abandoned_one_is_never_carried_out() {
+    let h = Harness::default().await;
+    h.emulator.hold_logins();
+    // A client that gives up while its login is held: counted on arrival, never carried out.
+    let body = json!({"UserName": "Supervisor", "UserPassword": "Supervisor"}).to_string();
+    let head = format!(
+        "POST /ServiceModel/AuthService.svc/Login HTTP/1.1\r\nhost: emulator\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut abandoned = tokio::net::TcpStream::connect(h.emulator.addr())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut abandoned, head.as_bytes())
+        .await
+        .unwrap();
+    // The count is bumped on arrival, so waiting for it needs no sleep: yield until the
+    // emulator's connection task has run.
+    while h.emulator.login_requests() < 1 {
+        tokio::task::yield_now().await;
+    }
+    drop(abandoned);
+    let pending = {
+        let client = h.client.clone();
+        let url = format!("{}/ServiceModel/AuthService.svc/Login", h.emulator.url());
+        tokio::spawn(async move {
+            let body = json!({"UserName": "Supervisor", "UserPassword": "Supervisor"});
+            let headers = [("content-type", "application/json".to_owned())];
+            send_to(
+                &client,
+                Method::POST,
+                &url,
+                &headers,
+                body.to_string().into(),
+            )
+            .await
+        })
+    };
+    while h.emulator.login_requests() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!pending.is_finished());
+    assert_eq!(h.emulator.logins("Supervisor"), 0);
+    h.emulator.release_logins();
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.json()["Code"], 0, "{}", reply.text());
+    assert_eq!(h.emulator.logins("Supervisor"), 1);
+    assert_eq!(
+        h.emulator.login_attempts("Supervisor"),
+        1,
+        "the abandoned login was never carried out"
+    );
+    // Released: later logins are answered at once.
+    h.login("Supervisor", "Supervisor").await;
+    assert_eq!(h.emulator.login_requests(), 3);
+}

@@ -23,7 +23,7 @@
 
 pub(crate) mod expiry;
 pub(crate) mod jar;
-mod login;
+pub(crate) mod login;
 
 pub(crate) use login::LoginContext;
 pub(crate) mod token;

@@ -21,6 +21,9 @@
 pub mod cli;
 pub mod config;
 pub mod emulator;
+/// Entry points for the fuzz targets in `fuzz/` and their regression tests; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 
 mod accept;

@@ -334,8 +334,75 @@ mod tests {
             out
         }
 
+        /// A canonical path around what the /ssp rule looks at: a leading `0`, `ssp` in any
+        /// case, near misses, non-ASCII, the prefixes' own segments, maybe a trailing `/`.
+        fn around_ssp() -> impl Strategy<Value = String> {
+            let segment = prop_oneof![
+                Just("0"),
+                Just("00"),
+                Just("ssp"),
+                Just("SSP"),
+                Just("sspx"),
+                Just("xssp"),
+                Just("rest"),
+                Just("odata"),
+                Just("UsrPortalService"),
+                Just("Contact"),
+                Just("Case(1)"),
+                Just("é"),
+                Just("0é"),
+            ];
+            (prop::collection::vec(segment, 0..6), any::<bool>()).prop_map(|(s, slash)| {
+                let mut path = format!("/{}", s.join("/"));
+                if slash && path.len() > 1 {
+                    path.push('/');
+                }
+                path
+            })
+        }
+
+        /// The number of `ssp` segments in `path`, in any case.
+        fn ssp_segments(path: &str) -> usize {
+            path.split('/')
+                .filter(|s| s.eq_ignore_ascii_case("ssp"))
+                .count()
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn the_ssp_rule_adds_one_ssp_once_and_never_a_second(path in around_ssp()) {
+                let once = apply_ssp(&path);
+                prop_assert!(has_ssp(&once), "{} -> {}", path, once);
+                prop_assert_eq!(apply_ssp(&once), once.clone(), "a second /ssp");
+                let added = usize::from(!has_ssp(&path));
+                prop_assert_eq!(ssp_segments(&once), ssp_segments(&path) + added, "{}", path);
+                if added == 1 {
+                    prop_assert_eq!(remove_ssp(&once), path.as_str());
+                }
+                prop_assert_eq!(route_key(&once), route_key(&path));
+                let parsed = CanonicalPath::parse(&once).expect("the rewritten path parses");
+                prop_assert_eq!(parsed.as_str(), once.as_ref(), "still canonical");
+            }
+
+            #[test]
+            fn a_rewritten_path_never_escapes_its_route(
+                path in prop_oneof![canonical(), around_ssp()],
+            ) {
+                let table = table();
+                let canonical = CanonicalPath::parse(&path).expect("canonical");
+                let decided = table.decide(&canonical);
+                // What is forwarded (/ssp applied) takes the route the client's path took, not
+                // a longer or another one; a Location pointing back has the inserted segment
+                // taken out, which gives the client's path itself.
+                let forwarded = apply_ssp(canonical.as_str());
+                let again = CanonicalPath::parse(&forwarded).expect("canonical");
+                prop_assert_eq!(table.decide(&again), decided, "{} -> {}", path, forwarded);
+                if !has_ssp(canonical.as_str()) {
+                    prop_assert_eq!(remove_ssp(&forwarded), canonical.as_str());
+                }
+            }
 
             #[test]
             fn every_spelling_of_a_path_takes_its_one_route(

@@ -154,7 +154,7 @@ pub(super) fn looks_html(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
 }
 
-fn judge(
+pub(crate) fn judge(
     ctx: &LoginContext,
     username: &str,
     parts: http::response::Parts,

@@ -32,7 +32,7 @@
 
 pub(crate) mod expiry;
 pub(crate) mod jar;
-mod login;
+pub(crate) mod login;
 pub(crate) mod relogin;
 
 pub(crate) use login::LoginContext;

@@ -117,7 +117,7 @@ fn form_body(fields: &[(&str, &str)]) -> String {
         .finish()
 }
 
-fn judge(
+pub(crate) fn judge(
     config: &OAuth2Config,
     creatio: &CreatioUrl,
     parts: http::response::Parts,

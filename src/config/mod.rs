@@ -203,6 +203,14 @@ impl Config {
         let upstream = validate::upstream(&file)?;
         let identities = identity::identities(&file, access.unmatched == Unmatched::Forward)?;
         let routes = validate::routes(&file.routes, &identities)?;
+        // Found by the `config` fuzz target: a config that serves no path at all.
+        if access.unmatched == Unmatched::Deny && routes.is_empty() {
+            return Err(ConfigError::new(
+                "server.unmatched",
+                "\"deny\" serves only [[routes]], and there are none, so every request would be \
+                 refused: add a [[routes]] table, or remove unmatched = \"deny\" (with an [auth] table)",
+            ));
+        }
         let log = validate::log(&file)?;
         Ok(Config {
             listen: server.listen,

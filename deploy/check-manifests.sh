@@ -7,6 +7,7 @@
 # - deploy/kubernetes/*.yaml  kubernetes-validate --strict (bundled Kubernetes schemas; unknown
 #                             fields are errors) for the oldest and newest versions we support
 # - deploy/docker-compose.yml check-jsonschema against its bundled Compose Specification schema
+#   deploy/compose/*.yml
 # - deploy/systemd/*.service  systemd-analyze verify (skipped, with a note, where systemd is
 #                             not installed)
 # - deploy/*.sh               shellcheck
@@ -76,8 +77,11 @@ for version in "${kube_versions[@]}"; do
 done
 
 # --- Compose --------------------------------------------------------------------------------
-check "check-jsonschema (Compose Specification): deploy/docker-compose.yml" \
-    "$bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+mapfile -t compose_files < <(echo deploy/docker-compose.yml; find deploy/compose -name '*.yml' | sort)
+for compose in "${compose_files[@]}"; do
+    check "check-jsonschema (Compose Specification): $compose" \
+        "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$compose"
+done
 
 # --- systemd --------------------------------------------------------------------------------
 # verify also checks that ExecStart's program exists, which it does not on a build machine:

@@ -70,6 +70,10 @@ enum Command {
         /// Where the emulator listens.
         #[arg(long, default_value = "127.0.0.1:5081")]
         listen: SocketAddr,
+        /// Act as a Creatio with "AllowOnlyOneSessionPerUser" on: a login ends that user's
+        /// other sessions.
+        #[arg(long)]
+        one_session_per_user: bool,
     },
 }
 
@@ -124,7 +128,16 @@ pub fn main() -> i32 {
         Command::Health { url, timeout } => runtime.block_on(health(&url, timeout)),
         Command::Reload { url, timeout } => runtime.block_on(reload(&url, timeout)),
         Command::Demo { listen, once } => runtime.block_on(crate::demo::demo(listen, once)),
-        Command::Emulator { listen } => runtime.block_on(crate::demo::emulator_only(listen)),
+        Command::Emulator {
+            listen,
+            one_session_per_user,
+        } => {
+            let options = crate::emulator::EmulatorOptions {
+                one_session_per_user,
+                ..Default::default()
+            };
+            runtime.block_on(crate::demo::emulator_only(listen, options))
+        }
     }
 }
 

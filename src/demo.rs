@@ -201,7 +201,7 @@ client_secret = "integration-secret"
 }
 
 /// `creatio-proxy emulator`: only the emulator, until Ctrl-C.
-pub(crate) async fn emulator_only(listen: SocketAddr) -> i32 {
+pub(crate) async fn emulator_only(listen: SocketAddr, options: EmulatorOptions) -> i32 {
     crate::telemetry::init(
         &LogConfig {
             format: LogFormat::Text,
@@ -210,7 +210,7 @@ pub(crate) async fn emulator_only(listen: SocketAddr) -> i32 {
         },
         false,
     );
-    let options = EmulatorOptions::default();
+    let one_session_per_user = options.one_session_per_user;
     let clients: Vec<String> = options
         .oauth_clients
         .iter()
@@ -224,6 +224,11 @@ pub(crate) async fn emulator_only(listen: SocketAddr) -> i32 {
                 e.identity_url(),
                 clients.join(", ")
             );
+            if one_session_per_user {
+                println!(
+                    "AllowOnlyOneSessionPerUser is on: a login ends that user's other sessions"
+                );
+            }
             shutdown_signal().await;
             e.shutdown();
             0

@@ -4,7 +4,8 @@
 //!    `.expected` file (see `tests/data/config/README.md`);
 //! 3. every config the project ships loads: `config/creatio-proxy.toml`, the container image's
 //!    `deploy/image/config.toml`, the Compose trial's `deploy/compose/proxy/config.toml`, the
-//!    TOML inside `deploy/kubernetes/configmap.yaml`, and any `*.toml` under `examples/`.
+//!    Compose replicas' `deploy/compose/replicas/config.toml`, the TOML inside
+//!    `deploy/kubernetes/configmap.yaml`, and any `*.toml` under `examples/`.
 //!
 //! Every load goes through `Config::load_with_env` with an explicit environment, so a
 //! developer's own `CREATIO_PROXY_*` variables (an exported `CREATIO_PROXY_AUTH__PASSWORD`, say)
@@ -258,13 +259,31 @@ const CONTAINER_PASSWORDS: &[(&str, &str)] = &[
     ("CREATIO_PROXY_IDENTITIES__PORTAL__PASSWORD", "portal-pass"),
 ];
 
+/// A Compose config with a `[session_store]` names its key as the Compose secret
+/// `/run/secrets/session-key`, which exists only inside the container; it is loaded with this
+/// variable pointing `session_store.encryption_key_file` at the secret's source file under
+/// `deploy/compose/secrets/` instead, so the shipped trial key is checked too. (Given to a
+/// config without the table, the variable would make a `[session_store]` with no `url`.)
+const SESSION_KEY_FILE: &str = "CREATIO_PROXY_SESSION_STORE__ENCRYPTION_KEY_FILE";
+
 #[test]
-fn the_compose_config_loads() {
+fn the_compose_configs_load() {
     let dir = repo().join("deploy/compose");
     let files = toml_files_under(&dir);
-    assert!(!files.is_empty(), "no TOML under {}", dir.display());
+    assert!(
+        files.len() >= 2,
+        "only {} TOML under {}",
+        files.len(),
+        dir.display()
+    );
+    let key = dir.join("secrets/session-key").display().to_string();
     for path in files {
-        let c = load_shipped(&path, CONTAINER_PASSWORDS).unwrap_or_else(|e| panic!("{e}"));
+        let text = fs::read_to_string(&path).expect("a shipped config is readable");
+        let mut env: Vec<(&str, &str)> = CONTAINER_PASSWORDS.to_vec();
+        if text.lines().any(|line| line.trim() == "[session_store]") {
+            env.push((SESSION_KEY_FILE, &key));
+        }
+        let c = load_shipped(&path, &env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.identities.len(), 2, "{}", path.display());
     }
 }
@@ -299,6 +318,7 @@ fn every_shipped_toml_is_covered_here() {
         "config/creatio-proxy.toml",
         "deploy/image/config.toml",
         "deploy/compose/proxy/config.toml",
+        "deploy/compose/replicas/config.toml",
     ];
     let mut shipped = toml_files_under(&repo().join("config"));
     shipped.extend(toml_files_under(&repo().join("deploy")));

@@ -21,13 +21,20 @@
 //!    response renews `.ASPXAUTH`, and the old ticket stays valid until it expires. Bearer
 //!    tokens never slide, and forms-session controls such as [`Emulator::invalidate_sessions`]
 //!    leave them alone.
-//! 5. Portal users may only use `/0/ssp/...`, and employees may not use it (§7). Breaking
+//! 5. With [`EmulatorOptions::one_session_per_user`] on (Creatio's "AllowOnlyOneSessionPerUser";
+//!    switched at run time by [`Emulator::set_one_session_per_user`]), a successful login ends
+//!    every other forms session of that user: their tickets, renewed ones included, get the
+//!    answers of rule 3 from then on, while the new session works. Other users' sessions and
+//!    bearer tokens are left alone. Assumption: the reference (§5) names only the flag
+//!    (`Feature-AllowOnlyOneSessionPerUser`); that a new login ends the older sessions, rather
+//!    than being refused, is the setting's stated purpose, not an answer seen on the wire.
+//! 6. Portal users may only use `/0/ssp/...`, and employees may not use it (§7). Breaking
 //!    this gets an IIS-style 403 page, whether the user came by cookie or by token.
-//! 6. Served: OData collections and records, streamed `Data` uploads, a streamed download,
+//! 7. Served: OData collections and records, streamed `Data` uploads, a streamed download,
 //!    echoing `/rest` and `.svc` services, and the anonymous `/api/HealthCheck/Ping`.
-//! 7. A token request sent to the app by mistake (`/connect/token`, any method) gets 200 and
+//! 8. A token request sent to the app by mistake (`/connect/token`, any method) gets 200 and
 //!    the login page, with `ReturnUrl=%2fconnect%2ftoken` on the site root (§8, addendum).
-//! 8. With [`EmulatorOptions::front_redirect`] set, every request gets a 302 to that location
+//! 9. With [`EmulatorOptions::front_redirect`] set, every request gets a 302 to that location
 //!    instead, as from a load balancer or SSO front.
 //!
 //! The Identity Service (§8) listens on a second, ephemeral port on the same IP; see
@@ -145,6 +152,12 @@ impl Emulator {
     /// Changes what a non-`.svc` path answers without a valid session.
     pub fn set_expired_response(&self, e: ExpiredResponse) {
         self.shared.set_expired_response(e);
+    }
+
+    /// Turns Creatio's "AllowOnlyOneSessionPerUser" on or off from the next login on (see
+    /// [`EmulatorOptions::one_session_per_user`]). Turning it on ends no session by itself.
+    pub fn set_one_session_per_user(&self, on: bool) {
+        self.shared.set_one_session_per_user(on);
     }
 
     /// Changes a user's password. Existing sessions stay valid. Unknown users are ignored.

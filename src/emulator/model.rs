@@ -143,6 +143,12 @@ pub struct EmulatorOptions {
     /// answered with a 302 to this location and an "Object moved" body. The Identity Service
     /// is not affected. Default: `None`.
     pub front_redirect: Option<String>,
+    /// Creatio's system setting "AllowOnlyOneSessionPerUser": a successful forms login ends
+    /// every other forms session of the same user, so their tickets get the expired answer.
+    /// Bearer tokens are not sessions and stay valid. Can be changed at run time with
+    /// [`Emulator::set_one_session_per_user`](super::Emulator::set_one_session_per_user).
+    /// Default: false.
+    pub one_session_per_user: bool,
 }
 
 impl Default for EmulatorOptions {
@@ -163,6 +169,7 @@ impl Default for EmulatorOptions {
             ],
             token_lifetime: Duration::from_secs(3600),
             front_redirect: None,
+            one_session_per_user: false,
         }
     }
 }

@@ -79,6 +79,8 @@ struct State {
     token_fault: Option<TokenFault>,
     clock_offset: Duration,
     expired_response: ExpiredResponse,
+    /// "AllowOnlyOneSessionPerUser": a login ends the user's other forms sessions.
+    one_session_per_user: bool,
     requests: HashMap<String, u64>,
     records: HashMap<String, Vec<Value>>,
     created: HashMap<String, u64>,
@@ -212,6 +214,7 @@ impl Shared {
                 token_fault: None,
                 clock_offset: Duration::ZERO,
                 expired_response: options.expired_response,
+                one_session_per_user: options.one_session_per_user,
                 requests: HashMap::new(),
                 records: HashMap::new(),
                 created: HashMap::new(),
@@ -279,6 +282,9 @@ impl Shared {
 
         let now = st.now();
         st.tickets.retain(|_, t| t.expires_at >= now);
+        if st.one_session_per_user {
+            st.end_sessions_of(&key);
+        }
         let id = st.next_session;
         st.next_session += 1;
         let session = NewSession {
@@ -410,6 +416,10 @@ impl Shared {
 
     pub(super) fn set_expired_response(&self, e: ExpiredResponse) {
         self.lock().expired_response = e;
+    }
+
+    pub(super) fn set_one_session_per_user(&self, on: bool) {
+        self.lock().one_session_per_user = on;
     }
 
     pub(super) fn set_password(&self, user: &str, password: &str) {
@@ -635,6 +645,16 @@ impl State {
         self.sessions.clear();
         self.tickets.clear();
         self.invalidate_countdown = None;
+    }
+
+    /// Ends every forms session of `account` (lower-cased) and drops their tickets, renewed
+    /// ones included, as "AllowOnlyOneSessionPerUser" does when the user logs in again. Other
+    /// users' sessions and every bearer token stay.
+    fn end_sessions_of(&mut self, account: &str) {
+        self.sessions.retain(|_, s| s.account != account);
+        let sessions = &self.sessions;
+        self.tickets
+            .retain(|_, t| sessions.contains_key(&t.session));
     }
 }
 

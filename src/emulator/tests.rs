@@ -388,6 +388,87 @@ async fn invalidate_after_n_refuses_the_nth_request() {
     );
 }
 
+/// The status of `GET /0/rest/S/M` with `session`.
+async fn status_with(h: &Harness, session: &Session) -> StatusCode {
+    h.get("/0/rest/S/M", &session.headers()).await.status
+}
+
+#[tokio::test]
+async fn one_session_per_user_ends_the_older_session_of_that_user_only() {
+    let h = Harness::start(EmulatorOptions {
+        one_session_per_user: true,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let first = h.login("Supervisor", "Supervisor").await;
+    let portal = h.login("portal.user", "portal-pass").await;
+    assert_eq!(status_with(&h, &first).await, StatusCode::OK);
+    // Names match in any case, so this is the same user.
+    let second = h.login("SUPERVISOR", "Supervisor").await;
+    assert_eq!(status_with(&h, &first).await, StatusCode::FOUND);
+    assert_eq!(status_with(&h, &second).await, StatusCode::OK);
+    let svc = h
+        .get("/0/ServiceModel/X.svc/Y", &first.headers())
+        .await
+        .status;
+    assert_eq!(svc, StatusCode::UNAUTHORIZED, ".svc gets its JSON 401");
+    let portal_path = "/0/ssp/rest/S/M";
+    assert_eq!(
+        h.get(portal_path, &portal.headers()).await.status,
+        StatusCode::OK,
+        "another user's session is untouched"
+    );
+    assert_eq!(h.emulator.logins("Supervisor"), 2);
+}
+
+#[tokio::test]
+async fn one_session_per_user_ends_renewed_tickets_and_follows_expired_response() {
+    let h = Harness::start(EmulatorOptions {
+        one_session_per_user: true,
+        expired_response: ExpiredResponse::Unauthorized,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let first = h.login("Supervisor", "Supervisor").await;
+    h.emulator.advance_clock(Duration::from_secs(11 * 60));
+    let renewed = h.get("/0/rest/S/M", &first.headers()).await;
+    let ticket = renewed_ticket(&renewed).expect("a renewed .ASPXAUTH");
+    let _second = h.login("Supervisor", "Supervisor").await;
+    assert_eq!(status_with(&h, &first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(&h, &first.with_ticket(&ticket)).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn one_session_per_user_is_a_runtime_switch_and_leaves_tokens_alone() {
+    let h = Harness::default().await;
+    let token = h.token("integration-client", "integration-secret").await;
+    let first = h.login("Supervisor", "Supervisor").await;
+    let second = h.login("Supervisor", "Supervisor").await;
+    assert_eq!(status_with(&h, &first).await, StatusCode::OK, "off: both");
+    assert_eq!(status_with(&h, &second).await, StatusCode::OK, "off: both");
+
+    h.emulator.set_one_session_per_user(true);
+    // Turning it on ends nothing by itself; the next login does.
+    assert_eq!(status_with(&h, &first).await, StatusCode::OK);
+    let third = h.login("Supervisor", "Supervisor").await;
+    assert_eq!(status_with(&h, &first).await, StatusCode::FOUND);
+    assert_eq!(status_with(&h, &second).await, StatusCode::FOUND);
+    assert_eq!(status_with(&h, &third).await, StatusCode::OK);
+    assert_eq!(
+        h.get("/0/rest/S/M", &bearer(&token)).await.status,
+        StatusCode::OK,
+        "a bearer token of the same user is not a session"
+    );
+
+    h.emulator.set_one_session_per_user(false);
+    let fourth = h.login("Supervisor", "Supervisor").await;
+    assert_eq!(status_with(&h, &third).await, StatusCode::OK, "off again");
+    assert_eq!(status_with(&h, &fourth).await, StatusCode::OK, "off again");
+}
+
 #[tokio::test]
 async fn sliding_renewal_outlives_the_old_ticket() {
     let h = Harness::default().await;

@@ -293,15 +293,28 @@ async fn readiness(state: &ServerState) -> (StatusCode, serde_json::Value) {
             not_ready.push((index, entry));
         }
     }
-    if not_ready.is_empty() {
-        return (StatusCode::OK, serde_json::json!({"status": "ready"}));
+    // The store never decides readiness: without it each replica serves with a session of
+    // its own. It is only reported.
+    let store = state.live.load().store.as_ref().map(|s| {
+        let up = if s.is_up() { "up" } else { "unreachable" };
+        serde_json::json!({"url": s.display(), "state": up})
+    });
+    let mut body = if not_ready.is_empty() {
+        serde_json::json!({"status": "ready"})
+    } else {
+        not_ready.sort_by_key(|(i, _)| *i);
+        let identities: Vec<serde_json::Value> = not_ready.into_iter().map(|(_, e)| e).collect();
+        serde_json::json!({"status": "not_ready", "identities": identities})
+    };
+    let status = if body["status"] == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if let Some(store) = store {
+        body["session_store"] = store;
     }
-    not_ready.sort_by_key(|(i, _)| *i);
-    let identities: Vec<serde_json::Value> = not_ready.into_iter().map(|(_, e)| e).collect();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::json!({"status": "not_ready", "identities": identities}),
-    )
+    (status, body)
 }
 
 /// The `/readyz` entry of an identity whose logins are stopped: the diagnosis, Creatio's

@@ -27,8 +27,19 @@ pub(crate) async fn check(config: &Config) -> i32 {
         },
         config.routes.len()
     );
-    let shared = Shared::new(config, client);
+    // The check logs in itself, so that it tests the credentials: it never takes a session
+    // from the store. It does check that the store answers.
     let mut failed = 0;
+    if let Some(store) = &config.session_store {
+        match crate::store::Store::ping(store).await {
+            Ok(()) => println!("OK    session store {}: answers", store.display),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  session store {}: {e}", store.display);
+            }
+        }
+    }
+    let shared = Shared::new(config, client);
     for identity in shared.identities.iter() {
         match identity.renew(&shared.login, None).await {
             Ok(session) => match session.expires_in() {

@@ -43,5 +43,6 @@ mod reload;
 mod routes;
 mod stack;
 mod state;
+mod store;
 mod telemetry;
 mod upstream;

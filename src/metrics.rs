@@ -77,6 +77,9 @@ pub(crate) struct Metrics {
     pub open_connections: Gauge,
     reloads: Family<Labels, Counter>,
     closed: Family<Labels, Counter>,
+    store_up: Family<Labels, Gauge>,
+    store_errors: Family<Labels, Counter>,
+    store_adopted: Family<Labels, Counter>,
     render_lock: std::sync::Mutex<()>,
 }
 
@@ -104,6 +107,9 @@ impl Metrics {
         let open_connections = Gauge::default();
         let reloads = Family::<Labels, Counter>::default();
         let closed = Family::<Labels, Counter>::default();
+        let store_up = Family::<Labels, Gauge>::default();
+        let store_errors = Family::<Labels, Counter>::default();
+        let store_adopted = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
             "Answers sent to clients, by route, method and status class",
@@ -174,6 +180,21 @@ impl Metrics {
             "Client connections closed by the proxy, by reason",
             closed.clone(),
         );
+        registry.register(
+            "session_store_up",
+            "1 while the session store ([session_store]) answers, 0 while it does not",
+            store_up.clone(),
+        );
+        registry.register(
+            "session_store_errors",
+            "Session store operations that failed, by kind",
+            store_errors.clone(),
+        );
+        registry.register(
+            "session_store_adopted",
+            "Sessions or tokens taken from the session store instead of logging in, by identity",
+            store_adopted.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -190,6 +211,9 @@ impl Metrics {
             open_connections,
             reloads,
             closed,
+            store_up,
+            store_errors,
+            store_adopted,
             render_lock: std::sync::Mutex::new(()),
         }
     }
@@ -233,6 +257,7 @@ impl Metrics {
             replay_impossible: self
                 .replays
                 .get_or_create_owned(&labels(Some("not_replayable"))),
+            adopted: self.store_adopted.clone(),
         }
     }
 
@@ -248,6 +273,21 @@ impl Metrics {
     pub(crate) fn connection_closed(&self, reason: &'static str) {
         self.closed
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Sets whether the session store at `store` (its URL without a password) answers.
+    pub(crate) fn session_store_up(&self, store: &str, up: bool) {
+        self.store_up
+            .get_or_create(&vec![("store", store.to_string())])
+            .set(i64::from(up));
+    }
+
+    /// Counts a failed session store operation: `unreachable`, `timeout`, `undecryptable`,
+    /// `refused` (an error answer) or `invalid` (a value that is not a stored session).
+    pub(crate) fn session_store_error(&self, kind: &'static str) {
+        self.store_errors
+            .get_or_create(&vec![("kind", kind.to_string())])
             .inc();
     }
 
@@ -352,6 +392,7 @@ pub(crate) struct IdentityMetrics {
     replay_ok: Counter,
     replay_refused: Counter,
     replay_impossible: Counter,
+    adopted: Family<Labels, Counter>,
 }
 
 impl Default for IdentityMetrics {
@@ -374,6 +415,13 @@ impl IdentityMetrics {
                 ])
                 .inc(),
         };
+    }
+
+    /// Counts a session taken from the session store instead of a login.
+    pub(crate) fn adopted(&self) {
+        self.adopted
+            .get_or_create(&vec![("identity", self.name.clone())])
+            .inc();
     }
 
     /// A login was made to replace a session that stopped working.

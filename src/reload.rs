@@ -67,7 +67,12 @@ impl Reloader {
             build_upstream(config).map_err(|e| e.to_string())?
         };
         let keep: &[Arc<crate::auth::Identity>] = if same_upstream { &old.identities } else { &[] };
-        let shared = Shared::build(config, client, self.state.metrics.clone(), keep);
+        let store = if same_upstream {
+            old.store.clone()
+        } else {
+            None
+        };
+        let shared = Shared::build(config, client, self.state.metrics.clone(), keep, store);
         for identity in shared.identities.iter() {
             // A reload is how an operator says "try again" after unlocking an account
             // (`crate::auth`, rule 6).

@@ -64,7 +64,7 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
         let client = build_upstream(config)?;
         let metrics = Arc::new(Metrics::new());
-        let shared = Shared::build(config, client, metrics.clone(), &[]);
+        let shared = Shared::build(config, client, metrics.clone(), &[], None);
         for identity in shared.identities.iter() {
             identity.keep_fresh(&shared.login);
         }

@@ -15,6 +15,7 @@ use crate::config::{Config, LoginConfig};
 use crate::metrics::Metrics;
 use crate::pool::Upstream;
 use crate::stack::{self, Stack};
+use crate::store::Store;
 
 /// State shared by every request, built from one config.
 pub(crate) struct Shared {
@@ -30,22 +31,34 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// The request path, built once for this config.
     pub(crate) stack: Stack,
+    /// Where sessions are shared with other replicas, if they are.
+    pub(crate) store: Option<Arc<Store>>,
 }
 
 impl Shared {
-    /// Builds the shared state with metrics of its own (for `check`).
+    /// Builds the shared state with metrics of its own and no session store (for `check`,
+    /// which must log in itself to test the credentials).
     pub(crate) fn new(config: &Config, client: Upstream) -> Arc<Shared> {
-        Shared::build(config, client, Arc::new(Metrics::new()), &[])
+        let mut alone = config.clone();
+        alone.session_store = None;
+        Shared::build(&alone, client, Arc::new(Metrics::new()), &[], None)
     }
 
     /// Builds the shared state. An identity in `keep` whose config is unchanged is kept,
-    /// session and all; the others start without a session.
+    /// session and all; the others start without a session. `store`: the session store of
+    /// the config being replaced, kept when `[session_store]` is unchanged.
     pub(crate) fn build(
         config: &Config,
         client: Upstream,
         metrics: Arc<Metrics>,
         keep: &[Arc<Identity>],
+        store: Option<Arc<Store>>,
     ) -> Arc<Shared> {
+        let store = match (&config.session_store, store) {
+            (None, _) => None,
+            (Some(_), Some(kept)) => Some(kept),
+            (Some(c), None) => Store::start(c, metrics.clone()),
+        };
         let identities: Arc<[Arc<Identity>]> = config
             .identities
             .iter()
@@ -55,7 +68,13 @@ impl Shared {
                     .cloned()
                     .unwrap_or_else(|| {
                         let oauth2 = matches!(i.login, LoginConfig::OAuth2(_));
-                        Arc::new(Identity::new(i, &client, metrics.identity(&i.name, oauth2)))
+                        let slot = store
+                            .as_ref()
+                            .map(|s| s.slot(&crate::store::slot_parts(&config.creatio, &i.login)));
+                        Arc::new(
+                            Identity::new(i, &client, metrics.identity(&i.name, oauth2))
+                                .sharing(slot),
+                        )
                     })
             })
             .collect();
@@ -74,6 +93,7 @@ impl Shared {
             metrics,
             config: config.clone(),
             stack,
+            store,
         })
     }
 }

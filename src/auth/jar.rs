@@ -120,6 +120,12 @@ impl Jar {
         })
     }
 
+    /// The cookies as `Set-Cookie` lines that [`Jar::apply`] reads back into the same jar
+    /// (the session store keeps a jar this way).
+    pub(crate) fn set_cookie_lines(&self) -> Vec<String> {
+        self.cookies.iter().map(|c| c.to_string()).collect()
+    }
+
     /// Number of cookies.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -34,6 +34,7 @@ pub(crate) mod expiry;
 pub(crate) mod jar;
 pub(crate) mod login;
 pub(crate) mod relogin;
+mod shared;
 
 pub(crate) use login::LoginContext;
 pub(crate) mod token;
@@ -70,6 +71,8 @@ pub(crate) struct Session {
     pub refresh_at: Option<Instant>,
     /// oauth2: from then on, the token is never sent.
     pub expires_at: Option<Instant>,
+    /// Its generation in the session store (`[session_store]`); 0: this replica's own.
+    pub shared: u64,
 }
 
 impl Session {
@@ -88,6 +91,7 @@ impl Session {
             obtained: self.obtained,
             refresh_at: Some(refresh_at),
             expires_at: self.expires_at,
+            shared: self.shared,
         }
     }
 }
@@ -165,6 +169,10 @@ pub(crate) struct Identity {
     /// A keeper task runs (see [`Identity::keep_fresh`]).
     kept: AtomicBool,
     metrics: IdentityMetrics,
+    /// Where the session is shared with other replicas ([`shared`]), if it is.
+    slot: Option<crate::store::Slot>,
+    /// The highest store generation found expired here: a stored session must be newer.
+    stale_shared: AtomicU64,
 }
 
 impl std::fmt::Debug for Identity {
@@ -214,6 +222,8 @@ impl Identity {
             published: Arc::new(tokio::sync::Notify::new()),
             kept: AtomicBool::new(false),
             metrics,
+            slot: None,
+            stale_shared: AtomicU64::new(0),
         }
     }
 
@@ -331,6 +341,8 @@ impl Identity {
             if stale.is_none_or(|g| s.generation > g) {
                 return Ok(s);
             }
+            // The session in hand is the stale one: a stored session must be newer.
+            self.stale_shared.fetch_max(s.shared, Ordering::AcqRel);
         }
         if let Some((failure, left)) = self.logins_stopped() {
             return Err(self.login_error(&failure, left));
@@ -353,7 +365,8 @@ impl Identity {
         if stale.is_some() {
             self.metrics.relogin();
         }
-        self.attempt(ctx, &mut gate).await
+        let above = self.stale_shared.load(Ordering::Acquire);
+        self.login_shared(ctx, &mut gate, above).await
     }
 
     /// Starts one background renewal of the token of `generation`, unless one is running.
@@ -416,9 +429,10 @@ impl Identity {
             Instant::now() + left.unwrap_or(ctx.backoff_max)
         });
         let blocked = stopped.or(gate.retry_at.filter(|at| Instant::now() < *at));
+        let above = self.current.load().as_ref().map_or(0, |s| s.shared);
         let retry_at = match blocked {
             Some(at) => at,
-            None => match self.attempt(ctx, &mut gate).await {
+            None => match self.login_shared(ctx, &mut gate, above).await {
                 Ok(_) => return,
                 Err(_) => gate
                     .retry_at
@@ -441,7 +455,8 @@ impl Identity {
         &self,
         ctx: &LoginContext,
         gate: &mut Gate,
-    ) -> Result<Arc<Session>, ProxyError> {
+        shared: u64,
+    ) -> Result<(Arc<Session>, crate::store::Stored), ProxyError> {
         let attempt = tokio::time::timeout(ctx.timeout, self.obtain(ctx)).await;
         let attempt = attempt.unwrap_or_else(|_| {
             let (what, target) = match &self.login {
@@ -460,6 +475,7 @@ impl Identity {
                 gate.retry_at = None;
                 gate.last_error = None;
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                let stored = fresh.stored();
                 let (session, jar) = match fresh {
                     Fresh::Jar(jar) => (
                         Session {
@@ -470,6 +486,7 @@ impl Identity {
                             obtained: Instant::now(),
                             refresh_at: None,
                             expires_at: None,
+                            shared,
                         },
                         jar,
                     ),
@@ -483,17 +500,12 @@ impl Identity {
                             obtained: started,
                             refresh_at: Some(refresh_at),
                             expires_at: Some(expires_at),
+                            shared,
                         };
                         (session, Jar::default())
                     }
                 };
-                let session = Arc::new(session);
-                if let Ok(mut state) = self.jar.lock() {
-                    state.generation = generation;
-                    state.jar = jar;
-                    self.current.store(Some(session.clone()));
-                }
-                self.published.notify_waiters();
+                let session = self.install(session, jar);
                 self.logins.fetch_add(1, Ordering::Relaxed);
                 self.metrics.login(None);
                 match session.expires_in() {
@@ -504,7 +516,7 @@ impl Identity {
                         tracing::info!(identity = %self.name, principal = %self.principal(), generation, usable_for_s = left.as_secs(), "obtained an OAuth 2.0 token")
                     }
                 }
-                Ok(session)
+                Ok((session, stored))
             }
             Err(failure) => {
                 self.metrics.login(Some(failure.diagnosis.code()));
@@ -533,6 +545,18 @@ impl Identity {
                 Err(err)
             }
         }
+    }
+
+    /// Makes `session` (with its `jar`) the current one and wakes whoever waits for one.
+    fn install(&self, session: Session, jar: Jar) -> Arc<Session> {
+        let session = Arc::new(session);
+        if let Ok(mut state) = self.jar.lock() {
+            state.generation = session.generation;
+            state.jar = jar;
+            self.current.store(Some(session.clone()));
+        }
+        self.published.notify_waiters();
+        session
     }
 
     async fn obtain(&self, ctx: &LoginContext) -> Result<Fresh, LoginFailure> {
@@ -681,11 +705,11 @@ impl Identity {
         if !changed {
             return Absorbed::Unchanged;
         }
-        let obtained = self
+        let (obtained, shared) = self
             .current
             .load()
             .as_ref()
-            .map_or_else(Instant::now, |s| s.obtained);
+            .map_or_else(|| (Instant::now(), 0), |s| (s.obtained, s.shared));
         self.current.store(Some(Arc::new(Session {
             generation,
             cookie: state.jar.cookie_header(),
@@ -694,7 +718,10 @@ impl Identity {
             obtained,
             refresh_at: None,
             expires_at: None,
+            shared,
         })));
+        // A sliding renewal is written back, so that a replica that starts later gets it.
+        self.write_back(shared, &state.jar);
         Absorbed::Changed
     }
 }

@@ -64,6 +64,11 @@ pub(crate) struct Defaults {
     pub(crate) max_body: &'static str,
     /// `server.allowed_methods`: what Creatio's OData, DataService and REST services use.
     pub(crate) allowed_methods: &'static [&'static str],
+    /// `session_store.key_prefix`.
+    pub(crate) session_store_key_prefix: &'static str,
+    /// `session_store.timeout`: a request never waits longer on the store (it falls back to a
+    /// session of its own), well under a login's round trip.
+    pub(crate) session_store_timeout: &'static str,
 }
 
 /// The defaults every validation step reads.
@@ -95,4 +100,6 @@ pub(crate) const DEFAULTS: Defaults = Defaults {
     allowed_methods: &[
         "GET", "HEAD", "POST", "PUT", "PATCH", "MERGE", "DELETE", "OPTIONS",
     ],
+    session_store_key_prefix: "creatio-proxy",
+    session_store_timeout: "200ms",
 };

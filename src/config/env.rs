@@ -127,6 +127,10 @@ pub(crate) fn resolve_paths(file: &mut ConfigFile, base: &Path) {
         }
     };
     fix(&mut file.creatio.ca_file);
+    if let Some(store) = file.session_store.as_mut() {
+        fix(&mut store.url_file);
+        fix(&mut store.encryption_key_file);
+    }
     for id in file.auth.iter_mut().chain(file.identities.values_mut()) {
         fix(&mut id.password_file);
         fix(&mut id.client_secret_file);

@@ -29,6 +29,24 @@ pub struct ConfigFile {
     pub identities: BTreeMap<String, IdentityFile>,
     /// `[log]`: log format and level.
     pub log: LogFile,
+    /// `[session_store]`: sessions shared between replicas (Redis or Valkey); off unless set.
+    pub session_store: Option<SessionStoreFile>,
+}
+
+/// `[session_store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionStoreFile {
+    /// `redis://[:password@]host:port/db` or `rediss://...` (TLS).
+    pub url: Option<Secret>,
+    /// A file holding the URL (it may hold a password).
+    pub url_file: Option<PathBuf>,
+    /// Prefix of every key written; default `creatio-proxy`.
+    pub key_prefix: Option<String>,
+    /// 32 random bytes, raw or base64, that seal the stored sessions.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Longest wait for one store operation; default `200ms`.
+    pub timeout: Option<String>,
 }
 
 /// `[server]`.

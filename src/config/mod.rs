@@ -20,6 +20,7 @@ mod identity;
 mod limits;
 mod net;
 mod secret;
+mod store;
 mod validate;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub use identity::{ClientAuth, IdentityConfig, LoginConfig, OAuth2Config};
 pub use limits::{Limits, PublicUrl};
 pub use net::{CreatioUrl, EgressProxy, IpBlock, TokenUrl};
 pub use secret::Secret;
+pub use store::{SealKey, SessionStoreConfig};
 pub use validate::{LogConfig, LogFormat, RouteConfig, Unmatched};
 
 /// The validated configuration.
@@ -92,6 +94,8 @@ pub struct Config {
     pub allow_unauthenticated_remote: bool,
     /// What each connection and request is held to (timeouts, sizes, methods).
     pub limits: Limits,
+    /// `[session_store]`: where replicas share sessions, if they do.
+    pub session_store: Option<SessionStoreConfig>,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             && self.upstream_timeout == other.upstream_timeout
             && self.login_backoff == other.login_backoff
             && self.login_backoff_max == other.login_backoff_max
+            && self.session_store == other.session_store
     }
 }
 
@@ -212,6 +217,7 @@ impl Config {
             ));
         }
         let log = validate::log(&file)?;
+        let session_store = store::session_store(&file)?;
         Ok(Config {
             listen: server.listen,
             admin_listen: server.admin_listen,
@@ -237,6 +243,7 @@ impl Config {
             allow_root: server.allow_root,
             allow_unauthenticated_remote: access.allow_unauthenticated_remote,
             limits,
+            session_store,
         })
     }
 }

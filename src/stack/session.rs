@@ -250,6 +250,7 @@ mod tests {
             obtained: tokio::time::Instant::now(),
             refresh_at: None,
             expires_at: None,
+            shared: 0,
         };
         /// (headers the client sent, headers Creatio gets)
         type Headers<'a> = &'a [(&'a str, &'a str)];

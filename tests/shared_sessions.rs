@@ -549,3 +549,56 @@ async fn with_one_session_per_user_the_store_ends_the_replicas_ping_pong() {
         p.stop().await;
     }
 }
+
+/// The stored session's sealed bytes (the only session key under `test:`).
+fn stored_data(redis: &Redis) -> Vec<u8> {
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("test:session:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg("data")
+        .query(&mut c)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_renewal_is_written_back_for_replicas_that_start_later() {
+    let redis = Redis::start();
+    let lifetime = Duration::from_secs(600);
+    let emu = emulator(EmulatorOptions {
+        session_timeout: lifetime,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path(), "key", 7);
+    let first = forms_proxy(&emu, &redis, &key).await;
+    burst(&[&first], 1).await;
+    let before = stored_data(&redis);
+    // Past half its lifetime, the answer renews the ticket; the replica writes it back.
+    emu.advance_clock(lifetime * 6 / 10);
+    burst(&[&first], 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_data(&redis) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed ticket was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.stop().await;
+    // The first ticket has now expired; only the renewed one works.
+    emu.advance_clock(lifetime * 6 / 10);
+    let later = forms_proxy(&emu, &redis, &key).await;
+    burst(&[&later], 5).await;
+    assert_eq!(
+        emu.logins("Supervisor"),
+        1,
+        "the later replica used the renewed ticket"
+    );
+    later.stop().await;
+}

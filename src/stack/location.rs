@@ -92,14 +92,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let listening = req.extensions().get::<Listening>().copied();
-        let back = req.extensions().get::<Routed>().and_then(|r| {
-            let base = proxy_base(self.public.as_deref(), r.client_host.as_ref(), listening)?;
-            Some(Back {
-                root: self.root.clone(),
-                base,
-                ssp: r.ssp,
-            })
+        // What the base is made of; it is built only for an answer with a `Location`.
+        let back = req.extensions().get::<Routed>().map(|r| Back {
+            root: self.root.clone(),
+            public: self.public.clone(),
+            host: r.client_host.clone(),
+            listening: req.extensions().get::<Listening>().copied(),
+            ssp: r.ssp,
         });
         ResponseFuture {
             future: self.inner.call(req),
@@ -108,12 +107,13 @@ where
     }
 }
 
-/// Where a location leads back to.
+/// Where a location leads back to: the parts of the proxy's `scheme://authority` (rule 1).
 #[derive(Debug)]
 struct Back {
     root: Arc<str>,
-    /// `scheme://authority` of the proxy.
-    base: Cow<'static, str>,
+    public: Option<Arc<str>>,
+    host: Option<HeaderValue>,
+    listening: Option<Listening>,
     ssp: bool,
 }
 
@@ -188,7 +188,11 @@ where
         let mut response = std::task::ready!(this.future.poll(cx))?;
         if let Some(back) = this.back.take() {
             if response.headers().contains_key(header::LOCATION) {
-                rewrite_location(response.headers_mut(), &back.root, &back.base, back.ssp);
+                if let Some(base) =
+                    proxy_base(back.public.as_deref(), back.host.as_ref(), back.listening)
+                {
+                    rewrite_location(response.headers_mut(), &back.root, &base, back.ssp);
+                }
             }
         }
         Poll::Ready(Ok(response))

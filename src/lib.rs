@@ -18,6 +18,9 @@
 //! The library exposes what the binary ([`cli`]) and the integration tests use: the config,
 //! the server and the emulator. Everything else is private to the crate.
 
+/// Entry points for the criterion micro-benchmarks in `benches/`; not an API.
+#[doc(hidden)]
+pub mod benchmarks;
 pub mod cli;
 pub mod config;
 pub mod emulator;

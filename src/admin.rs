@@ -295,10 +295,19 @@ async fn readiness(state: &ServerState) -> (StatusCode, serde_json::Value) {
     }
     // The store never decides readiness: without it each replica serves with a session of
     // its own. It is only reported.
-    let store = state.live.load().store.as_ref().map(|s| {
-        let up = if s.is_up() { "up" } else { "unreachable" };
-        serde_json::json!({"url": s.display(), "state": up})
-    });
+    // A store marked down is asked again (one PING within its timeout): probes are what
+    // notices it is back when no login needs it.
+    let store = match state.live.load().store.clone() {
+        Some(s) => {
+            let up = if s.recheck().await {
+                "up"
+            } else {
+                "unreachable"
+            };
+            Some(serde_json::json!({"url": s.display(), "state": up}))
+        }
+        None => None,
+    };
     let mut body = if not_ready.is_empty() {
         serde_json::json!({"status": "ready"})
     } else {
@@ -358,6 +367,8 @@ fn admin_response(
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
     use crate::config::IpBlock;
 

@@ -590,6 +590,8 @@ impl AcceptBackoff {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
 
     const T: Timeouts = Timeouts {

@@ -139,6 +139,8 @@ pub(crate) fn remove_ssp(path: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
 
     #[test]

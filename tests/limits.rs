@@ -257,26 +257,19 @@ async fn a_stalled_body_is_408_json_and_creatio_sees_its_request_aborted() {
     );
     // The streamed upload reached Creatio and was cut off: it answered the broken body 400
     // and stored nothing.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let aborted = emu
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        emu.wait_seen(|s| s.method == Method::PUT && s.path.ends_with("/Data") && s.status == 400),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let seen: Vec<_> = emu
             .seen()
             .iter()
-            .any(|s| s.method == Method::PUT && s.path.ends_with("/Data") && s.status == 400);
-        if aborted {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Creatio never saw the upload cut off: {:?}",
-            emu.seen()
-                .iter()
-                .map(|s| (s.method.clone(), s.path.clone(), s.status))
-                .collect::<Vec<_>>()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .map(|s| (s.method.clone(), s.path.clone(), s.status))
+            .collect();
+        panic!("Creatio never saw the upload cut off: {seen:?}")
+    });
     assert!(emu
         .upload("Contact", "00000000-0000-0000-0000-000000000001")
         .is_none());

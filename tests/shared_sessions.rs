@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,12 +35,12 @@ impl Redis {
 
     fn start_on(port: u16) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
             .arg("--dir")
             .arg(dir.path())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -48,32 +49,29 @@ impl Redis {
                      (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
                 )
             });
-        let redis = Redis {
+        // The server says when it accepts connections; its log is read up to that line, then
+        // drained by a thread so it never blocks on a full pipe.
+        let mut log = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let read = log.read_line(&mut line).expect("redis-server's log");
+            assert!(read > 0, "redis-server exited before it was ready:\n{seen}");
+            seen.push_str(&line);
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        Redis {
             child,
             port,
             _dir: dir,
-        };
-        redis.wait_ready();
-        redis
+        }
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Waits until the server answers PING (it starts in milliseconds; 10 s is a failure).
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).expect("url");
-        loop {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server never answered");
-            std::thread::yield_now();
-        }
     }
 
     fn conn(&self) -> redis::Connection {
@@ -111,6 +109,36 @@ impl Redis {
             out.push((key, bytes));
         }
         out
+    }
+
+    /// Resolves with the key of the next hash written under `pattern`, from Redis's keyspace
+    /// notifications (subscribed before this returns; 10 s without one is a failure).
+    fn next_hash_write(&self, pattern: &str) -> tokio::task::JoinHandle<String> {
+        let mut c = self.conn();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("Kh")
+            .query(&mut c)
+            .expect("keyspace events on");
+        let channel = format!("__keyspace@0__:{pattern}");
+        let mut sub = self.conn();
+        let (subscribed, ready) = std::sync::mpsc::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            // A PubSub unsubscribes when dropped: it lives here until the message came.
+            let mut pubsub = sub.as_pubsub();
+            pubsub.psubscribe(&channel).expect("subscribed");
+            pubsub
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("a read timeout");
+            subscribed.send(()).expect("the test waits");
+            let msg = pubsub.get_message().expect("a hash written within 10 s");
+            msg.get_channel_name()
+                .trim_start_matches("__keyspace@0__:")
+                .to_string()
+        });
+        ready.recv().expect("the subscriber started");
+        task
     }
 
     fn stop(&mut self) {
@@ -201,25 +229,16 @@ async fn readyz_store_state(proxy: &TestProxy) -> (StatusCode, String) {
     (r.status, state)
 }
 
-/// Polls `/readyz` until the store is in `want` (the probe runs every second).
-async fn wait_store_state(proxy: &TestProxy, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, state) = readyz_store_state(proxy).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "readyz stays 200 whatever the store does"
-        );
-        if state == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store never became {want} (is {state})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `/readyz` is 200 whatever the store does, and says the store is in `want` (a probe asks a
+/// store marked down again, so the answer is current).
+async fn assert_store_state(proxy: &TestProxy, want: &str) {
+    let (status, state) = readyz_store_state(proxy).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "readyz stays 200 whatever the store does"
+    );
+    assert_eq!(state, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +371,7 @@ async fn without_the_store_replicas_serve_alone_and_share_again_when_it_is_back(
     let all: Vec<&TestProxy> = proxies.iter().collect();
     burst(&all, 30).await;
     assert_eq!(emu.logins("Supervisor"), 1);
-    wait_store_state(&proxies[0], "up").await;
+    assert_store_state(&proxies[0], "up").await;
 
     // The store goes away: requests are still served, on the sessions in hand...
     redis.stop();
@@ -360,10 +379,13 @@ async fn without_the_store_replicas_serve_alone_and_share_again_when_it_is_back(
     // ...and after the session ends, each replica logs in on its own (at most one each).
     emu.invalidate_sessions();
     burst(&all, 60).await;
-    let alone = emu.logins("Supervisor") - 1;
-    assert!((1..=3).contains(&alone), "{alone} logins without the store");
+    assert_eq!(
+        emu.logins("Supervisor"),
+        1 + 3,
+        "without the store, one login per replica"
+    );
     for p in &proxies {
-        wait_store_state(p, "unreachable").await;
+        assert_store_state(p, "unreachable").await;
         assert_eq!(
             metric(p, "creatio_proxy_session_store_up{").await,
             Some(0.0),
@@ -374,7 +396,7 @@ async fn without_the_store_replicas_serve_alone_and_share_again_when_it_is_back(
     // The store is back (empty, as after a restart): sharing resumes without a restart.
     let redis = Redis::start_on(port);
     for p in &proxies {
-        wait_store_state(p, "up").await;
+        assert_store_state(p, "up").await;
         assert_eq!(
             metric(p, "creatio_proxy_session_store_up{").await,
             Some(1.0)
@@ -579,17 +601,14 @@ async fn a_sliding_renewal_is_written_back_for_replicas_that_start_later() {
     let first = forms_proxy(&emu, &redis, &key).await;
     burst(&[&first], 1).await;
     let before = stored_data(&redis);
+    // Redis says when the session's hash is written (a keyspace event): the wait is on that.
+    let written = redis.next_hash_write("test:session:*");
     // Past half its lifetime, the answer renews the ticket; the replica writes it back.
     emu.advance_clock(lifetime * 6 / 10);
     burst(&[&first], 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stored_data(&redis) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the renewed ticket was never stored"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let key_written = written.await.expect("the waiting task");
+    assert!(key_written.starts_with("test:session:"), "{key_written}");
+    assert_ne!(stored_data(&redis), before, "the stored session changed");
     first.stop().await;
     // The first ticket has now expired; only the renewed one works.
     emu.advance_clock(lifetime * 6 / 10);

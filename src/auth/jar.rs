@@ -165,6 +165,8 @@ impl Jar {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
 
     fn hv(s: &str) -> HeaderValue {

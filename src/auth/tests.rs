@@ -1,4 +1,7 @@
 //! Tests of identities: back-off, stopped logins, the token keeper.
+//!
+//! Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+//! whose failure is the test failing; none of it is on a request path.
 
 use super::*;
 use crate::config::Config;

@@ -222,6 +222,8 @@ fn public_url(url: &str) -> Result<PublicUrl, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::super::testing::{load, MINIMAL};
 
     #[test]

@@ -180,6 +180,8 @@ fn read_key(path: &Path) -> Result<SealKey, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::super::testing::{load, load_env, MINIMAL};
 
     fn with_store(dir: &std::path::Path, table: &str) -> String {

@@ -192,6 +192,12 @@ impl Emulator {
         self.shared.token_auth()
     }
 
+    /// Resolves once a request that `matches` is in [`Emulator::seen`] (at once if one is):
+    /// for tests that wait for Creatio to have seen something, without polling the clock.
+    pub async fn wait_seen(&self, matches: impl Fn(&SeenRequest) -> bool) {
+        self.shared.wait_seen(matches).await;
+    }
+
     /// Resolves once [`Emulator::token_requests`] is at least `n`.
     pub async fn wait_token_requests(&self, n: u64) {
         self.shared.wait_token_requests(n).await;

@@ -53,6 +53,8 @@ pub(super) struct Shared {
     shutdown: watch::Sender<bool>,
     /// POSTs to the token endpoint so far.
     token_requests: watch::Sender<u64>,
+    /// Requests recorded in the log so far (waiters watch it).
+    seen_count: watch::Sender<u64>,
     /// True while token requests are held unanswered.
     token_hold: watch::Sender<bool>,
     /// Fault switches (`faults.rs`).
@@ -198,6 +200,7 @@ impl Shared {
             lockout_after: options.lockout_after,
             shutdown: watch::channel(false).0,
             token_requests: watch::channel(0).0,
+            seen_count: watch::channel(0).0,
             token_hold: watch::channel(false).0,
             faults: Faults::new(),
             state: Mutex::new(State {
@@ -555,6 +558,23 @@ impl Shared {
             st.seen.pop_front();
         }
         st.seen.push_back(request);
+        drop(st);
+        self.seen_count.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once a request that `matches` is in the log (it may already be).
+    pub(super) async fn wait_seen(&self, matches: impl Fn(&SeenRequest) -> bool) {
+        // Subscribed before looking, so a request logged in between wakes the wait.
+        let mut logged = self.seen_count.subscribe();
+        loop {
+            if self.lock().seen.iter().any(&matches) {
+                return;
+            }
+            // The sender lives in `self`: this only fails if the emulator is gone.
+            if logged.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub(super) fn seen(&self) -> Vec<SeenRequest> {

@@ -151,6 +151,8 @@ fn head_len(method: &Method, target: usize, headers: &HeaderMap) -> usize {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
     use crate::config::Config;
     use http::StatusCode;

@@ -226,6 +226,8 @@ pub(crate) fn rewrite_location(headers: &mut HeaderMap, root: &str, base: &str, 
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
     use crate::canonical::CanonicalPath;
     use crate::stack::request::RouteFacts;

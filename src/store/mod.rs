@@ -16,14 +16,16 @@
 //! written back when the jar changes, not per request.
 //!
 //! The store never stops traffic: each operation is bounded by `session_store.timeout`; a
-//! failure marks the store down, and until a probe (every second) finds it answering again,
-//! requests do not touch it and every replica goes on with a session of its own. A value that
+//! failure marks the store down, and until a `PING` finds it answering again, requests do not
+//! touch it and every replica goes on with a session of its own. The `PING` is sent by every
+//! `/readyz` probe and by the first login that needs the store after [`RECHECK`], so a store
+//! that is down costs a request at most one timeout a second, and no timer runs. A value that
 //! does not open (another key, corruption) is logged and overwritten by the next login.
 
 pub(crate) mod seal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -35,8 +37,8 @@ use crate::metrics::Metrics;
 
 /// How often a replica waiting for another one's login looks at the store.
 const POLL: Duration = Duration::from_millis(50);
-/// How often a store that is down is probed.
-const PROBE: Duration = Duration::from_secs(1);
+/// How often logins ask a store that is down whether it is back.
+const RECHECK: Duration = Duration::from_secs(1);
 /// How long a stored forms session is kept after its last write: Creatio ends idle sessions
 /// long before (its default is 60 minutes), and an expired one only costs one answer.
 const JAR_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -120,6 +122,8 @@ pub(crate) struct Store {
     timeout: Duration,
     display: String,
     up: AtomicBool,
+    /// While down: when a login may next ask the store whether it is back.
+    next_recheck: Mutex<Instant>,
     metrics: Arc<Metrics>,
     /// `{prefix}:keycheck`, and this replica's value for it (an HMAC of a constant).
     check_key: String,
@@ -135,8 +139,7 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store for `config`; connects lazily, and starts the task that probes it while it is
-    /// down (it ends when the store is dropped). `None` when the URL is unusable (the config
+    /// A store for `config`; connects lazily. `None` when the URL is unusable (the config
     /// check makes that rare; it is logged).
     pub(crate) fn start(config: &SessionStoreConfig, metrics: Arc<Metrics>) -> Option<Arc<Store>> {
         let client = match redis::Client::open(config.url.expose()) {
@@ -169,10 +172,10 @@ impl Store {
             timeout: config.timeout,
             display: config.display.clone(),
             up: AtomicBool::new(true),
+            next_recheck: Mutex::new(Instant::now()),
             metrics,
         });
         store.metrics.session_store_up(&store.display, true);
-        tokio::spawn(prober(Arc::downgrade(&store)));
         Some(store)
     }
 
@@ -201,6 +204,42 @@ impl Store {
         self.up.load(Ordering::Acquire)
     }
 
+    /// A store marked down is sent a `PING` (within the timeout) and is up again if it
+    /// answers. Returns whether it is up. The first `PING` may meet the client's dead
+    /// connection from before (the client then starts a new one), so a second one is sent
+    /// through the new connection before the store is called down.
+    pub(crate) async fn recheck(&self) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        for _ in 0..2 {
+            if self.run::<String>(&redis::cmd("PING")).await.is_ok() {
+                self.mark(true);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// For a login: true when the store is up, or is down but answers a recheck; a login asks
+    /// a store that is down at most once per [`RECHECK`].
+    async fn usable(&self) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        {
+            let Ok(mut next) = self.next_recheck.lock() else {
+                return false;
+            };
+            let now = Instant::now();
+            if now < *next {
+                return false;
+            }
+            *next = now + RECHECK;
+        }
+        self.recheck().await
+    }
+
     /// The slot of one identity, named from `parts` (Creatio URL, mode, user or client).
     pub(crate) fn slot(self: &Arc<Self>, parts: &[&str]) -> Slot {
         let name = self.sealer.name(parts);
@@ -225,6 +264,9 @@ impl Store {
         match failure {
             Failure::Unreachable | Failure::Timeout => {
                 if self.up.swap(false, Ordering::AcqRel) {
+                    if let Ok(mut next) = self.next_recheck.lock() {
+                        *next = Instant::now() + RECHECK;
+                    }
                     self.metrics.session_store_up(&self.display, false);
                     tracing::warn!(store = %self.display, error = failure.kind(), "session store unreachable ({what}): each replica goes on with a session of its own until it answers again");
                 }
@@ -290,20 +332,6 @@ fn classify(e: &redis::RedisError) -> Failure {
     }
 }
 
-/// Probes a store that is down, every [`PROBE`], until it is dropped.
-async fn prober(store: Weak<Store>) {
-    loop {
-        tokio::time::sleep(PROBE).await;
-        let Some(store) = store.upgrade() else { return };
-        if store.is_up() {
-            continue;
-        }
-        if store.run::<String>(&redis::cmd("PING")).await.is_ok() {
-            store.mark(true);
-        }
-    }
-}
-
 /// What [`Slot::claim`] found.
 #[derive(Debug)]
 pub(crate) enum Claim {
@@ -344,7 +372,7 @@ impl Slot {
         usable: impl Fn(&Record) -> bool,
     ) -> Claim {
         let store = &self.store;
-        if !store.is_up() {
+        if !store.usable().await {
             return Claim::Alone;
         }
         let deadline = Instant::now() + lease + store.timeout;

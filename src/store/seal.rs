@@ -113,6 +113,8 @@ fn aad(key: &str, generation: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
 
     #[test]

@@ -10,8 +10,10 @@
 //!   and a lease a little longer than a login may take, deleted only by its holder.
 //!
 //! A replica that needs a session ([`Slot::claim`]) takes a stored one newer than the one it
-//! found expired; otherwise it takes the lock and logs in, and the others poll the store until
-//! the new session appears (or the lock goes away, and one of them takes it). Writes never
+//! found expired; otherwise it takes the lock and logs in, and the others wait on the
+//! identity's channel (`{prefix}:published:{name}`, where the holder's write and its release
+//! publish) or for the lock's lease to end, then look again: they take the new session, or the
+//! lock if it went away without one. Writes never
 //! replace a newer generation (a script compares). Sliding renewals of the same generation are
 //! written back when the jar changes, not per request.
 //!
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -35,8 +38,6 @@ use tokio::time::Instant;
 use crate::config::{CreatioUrl, LoginConfig, SessionStoreConfig};
 use crate::metrics::Metrics;
 
-/// How often a replica waiting for another one's login looks at the store.
-const POLL: Duration = Duration::from_millis(50);
 /// How often logins ask a store that is down whether it is back.
 const RECHECK: Duration = Duration::from_secs(1);
 /// How long a stored forms session is kept after its last write: Creatio ends idle sessions
@@ -45,19 +46,26 @@ const JAR_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Writes `ARGV[2]` as generation `ARGV[1]` unless the hash holds a newer one; `ARGV[3]` is
 /// the time to live in milliseconds. Also stamps the prefix with the writer's key check
-/// (`KEYS[2]` = `ARGV[4]`, kept a day). 1: written, 0: a newer generation is stored.
+/// (`KEYS[2]` = `ARGV[4]`, kept a day) and tells the waiting replicas (`KEYS[3]`, a channel).
+/// 1: written, 0: a newer generation is stored.
 const WRITE: &str = r"
 local g = redis.call('HGET', KEYS[1], 'gen')
 if g and tonumber(g) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'data', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', 86400000)
+redis.call('PUBLISH', KEYS[3], 'stored')
 return 1
 ";
 
-/// Deletes the lock only if `ARGV[1]` (the holder's token) still holds it.
+/// Deletes the lock only if `ARGV[1]` (the holder's token) still holds it, and tells the
+/// waiting replicas (`KEYS[2]`, a channel).
 const UNLOCK: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], 'released')
+  return 1
+end
 return 0
 ";
 
@@ -116,6 +124,8 @@ impl Failure {
 
 /// The connection to the store, shared by every identity of a config.
 pub(crate) struct Store {
+    /// For the subscriptions of replicas waiting for another one's login.
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     sealer: seal::Sealer,
@@ -155,7 +165,7 @@ impl Store {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(config.timeout);
-        let conn = match ConnectionManager::new_lazy_with_config(client, manager) {
+        let conn = match ConnectionManager::new_lazy_with_config(client.clone(), manager) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(store = %config.display, "session store unusable, sessions are not shared: {e}");
@@ -164,6 +174,7 @@ impl Store {
         };
         let sealer = seal::Sealer::new(&config.key.0);
         let store = Arc::new(Store {
+            client,
             conn,
             prefix: config.key_prefix.clone(),
             check_key: format!("{}:keycheck", config.key_prefix),
@@ -247,6 +258,7 @@ impl Store {
             store: self.clone(),
             key: format!("{}:session:{name}", self.prefix),
             lock: format!("{}:lock:{name}", self.prefix),
+            channel: format!("{}:published:{name}", self.prefix),
         }
     }
 
@@ -354,6 +366,8 @@ pub(crate) struct Slot {
     store: Arc<Store>,
     key: String,
     lock: String,
+    /// Where the lock's holder says it is done (a stored session, or the lock released).
+    channel: String,
 }
 
 impl Slot {
@@ -363,8 +377,9 @@ impl Slot {
     }
 
     /// Finds a session newer than generation `above` that `usable` accepts, or the right to
-    /// log in. Waits, polling, while another replica holds the lock, up to `lease` (and takes
-    /// the lock itself if it is released or its lease ends without a session).
+    /// log in. While another replica holds the lock, waits for its news on the channel or for
+    /// its lease to end, up to `lease` (and takes the lock itself if it is released or its
+    /// lease ends without a session).
     pub(crate) async fn claim(
         &self,
         above: u64,
@@ -377,6 +392,7 @@ impl Slot {
         }
         let deadline = Instant::now() + lease + store.timeout;
         let mut waited = false;
+        let mut waiter: Option<redis::aio::PubSubStream> = None;
         loop {
             let seen = match self.read().await {
                 Ok(Some(r)) if r.generation > above && usable(&r) => {
@@ -426,12 +442,55 @@ impl Slot {
                     return Claim::Alone;
                 }
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 tracing::warn!(store = %store.display, "waited {:?} for another replica's login without a session appearing: logging in here", lease);
                 return Claim::Alone;
             }
+            // Another replica holds the lock. Its news comes on the identity's channel (a
+            // stored session, or the lock released without one); a holder that died sends
+            // none, so the wait also ends with its lease.
+            let Some(news) = waiter.as_mut() else {
+                match self.subscribe().await {
+                    // News may have come before the subscription: look again first.
+                    Ok(stream) => waiter = Some(stream),
+                    Err(failure) => {
+                        store.failed(failure, "the login channel");
+                        return Claim::Alone;
+                    }
+                }
+                continue;
+            };
+            let wait = self.lease_left().await.unwrap_or(lease).min(deadline - now);
+            let _ = tokio::time::timeout(wait, news.next()).await;
             waited = true;
-            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A subscription to the identity's channel, where a login's holder says it is done.
+    async fn subscribe(&self) -> Result<redis::aio::PubSubStream, Failure> {
+        let subscribe = async {
+            let mut pubsub = self.store.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        match tokio::time::timeout(self.store.timeout, subscribe).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(stream)) => Ok(stream),
+        }
+    }
+
+    /// How long the login lock has left (a little more, so that it is gone), or `None` when
+    /// that is unknown.
+    async fn lease_left(&self) -> Option<Duration> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&self.lock);
+        match self.store.run::<i64>(&cmd).await {
+            // -2: no lock any more; look again at once.
+            Ok(-2) => Some(Duration::ZERO),
+            Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64 + 5)),
+            _ => None,
         }
     }
 
@@ -485,7 +544,7 @@ impl Slot {
         let script = redis::Script::new(UNLOCK);
         if let Err(f) = self
             .store
-            .script::<i64>(&script, &[&self.lock], &[lock.0.as_bytes()])
+            .script::<i64>(&script, &[&self.lock, &self.channel], &[lock.0.as_bytes()])
             .await
         {
             // The lease ends it anyway.
@@ -516,7 +575,7 @@ impl Slot {
             .store
             .script::<i64>(
                 &script,
-                &[&self.key, &self.store.check_key],
+                &[&self.key, &self.store.check_key, &self.channel],
                 &[
                     generation.as_bytes(),
                     &sealed,

@@ -24,7 +24,7 @@ case "$seconds" in
     exit 2
     ;;
 esac
-all=(canonical_path route_table cookie_jar login_answer token_answer config request_head)
+all=(canonical_path route_table cookie_jar login_answer token_answer config request_head answer)
 if (($#)); then targets=("$@"); else targets=("${all[@]}"); fi
 
 # shellcheck disable=SC2086 # the prefix is a command and its arguments

@@ -5,15 +5,13 @@
 //! read ahead (to fill the replay buffer, or to look for Creatio's login page in an HTML answer)
 //! to the rest of the stream, so nothing is ever copied twice or lost.
 //!
-//! [`PeerBody`] is a body streamed from a peer: a client's request body, or Creatio's answer,
-//! which hands its connection back to the pool when read to the end. The pool is reached
-//! through the [`GiveBack`] trait, so this module does not depend on the pool (the pool sends
-//! `ProxyBody`s, and a `ProxyBody` may hold a `PeerBody`).
+//! [`PeerBody`] is a body streamed from a peer: a client's request body (hyper's), or
+//! Creatio's answer (a [`WireBody`], which hands its connection back to the pool when read to
+//! the end, or hyper's after a streamed upload).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +19,9 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use prometheus_client::metrics::counter::Counter;
+
+use crate::wire::WireBody;
 
 /// A request or response body.
 #[derive(Debug)]
@@ -96,41 +95,12 @@ impl Body for ProxyBody {
     }
 }
 
-/// Where a connection goes once the answer it carried has been read to the end.
-pub(crate) trait GiveBack: Send + Sync {
-    /// Takes the connection back (or closes it).
-    fn give_back(&self, sender: SendRequest<ProxyBody>);
-}
-
-/// A connection to hand back, and where to.
-pub(crate) struct Release {
-    pool: Arc<dyn GiveBack>,
-    sender: SendRequest<ProxyBody>,
-}
-
-impl Release {
-    /// Hands `sender` to `pool` when the body it carries ends.
-    pub(crate) fn new(pool: Arc<dyn GiveBack>, sender: SendRequest<ProxyBody>) -> Self {
-        Release { pool, sender }
-    }
-
-    fn done(self) {
-        self.pool.give_back(self.sender);
-    }
-}
-
-impl std::fmt::Debug for Release {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Release")
-    }
-}
-
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     /// The peer's stream broke (reset, malformed chunk, ...).
     #[error("the body broke off")]
-    Peer(#[source] hyper::Error),
+    Peer(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A client's body sent nothing for this long (`server.body_read_timeout`).
     #[error("the request body sent nothing for {0:?}")]
     Stalled(Duration),
@@ -171,30 +141,36 @@ struct Guard {
 /// when read to the end) or a client's request body.
 #[derive(Debug)]
 pub(crate) struct PeerBody {
-    inner: Incoming,
-    release: Option<Release>,
+    inner: Inner,
     /// Counts the data bytes that pass (the metrics' body byte counters).
     counter: Option<Counter>,
     /// A client's body: its limits.
     guard: Option<Box<Guard>>,
 }
 
+/// Whose stream it is.
+#[derive(Debug)]
+enum Inner {
+    /// hyper's: a client's request body, or Creatio's answer after a streamed upload.
+    Hyper(Incoming),
+    /// Creatio's answer, read from the connection in the reader's task.
+    Wire(WireBody),
+}
+
 impl PeerBody {
-    /// A body that returns no connection anywhere.
+    /// A body streamed by hyper.
     pub(crate) fn new(inner: Incoming) -> Self {
         PeerBody {
-            inner,
-            release: None,
+            inner: Inner::Hyper(inner),
             counter: None,
             guard: None,
         }
     }
 
-    /// A body that hands its connection back through `release` when it ends.
-    pub(crate) fn releasing(inner: Incoming, release: Release) -> Self {
+    /// Creatio's answer, read by the proxy's own HTTP/1.1 client.
+    pub(crate) fn wire(inner: WireBody) -> Self {
         PeerBody {
-            inner,
-            release: Some(release),
+            inner: Inner::Wire(inner),
             counter: None,
             guard: None,
         }
@@ -264,40 +240,39 @@ impl Body for PeerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| BodyError::Peer(Box::new(e))))),
+            Inner::Wire(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| BodyError::Peer(Box::new(e))))),
+        };
         if let Some(guard) = &mut this.guard {
             if let Some(refused) = guard.check(&polled, cx) {
                 return Poll::Ready(Some(Err(refused)));
             }
-        }
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(r) = this.release.take() {
-                    r.done();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.release = None,
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(r) = this.release.take() {
-                    r.done();
-                }
-            }
-            _ => {}
         }
         if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counter, &polled) {
             if let Some(data) = frame.data_ref() {
                 counter.inc_by(data.len() as u64);
             }
         }
-        polled.map(|frame| frame.map(|r| r.map_err(BodyError::Peer)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(inner) => inner.is_end_stream(),
+            Inner::Wire(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(inner) => inner.size_hint(),
+            Inner::Wire(inner) => inner.size_hint(),
+        }
     }
 }
 
@@ -306,7 +281,7 @@ impl Guard {
     /// stall deadline has passed.
     fn check(
         &mut self,
-        polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+        polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>,
         cx: &mut Context<'_>,
     ) -> Option<BodyError> {
         match polled {

@@ -18,6 +18,8 @@
 //!   indices in range; a refused one says which key.
 //! - [`request_head`]: raw bytes on a TCP connection to a proxy in front of the emulator;
 //!   see [`request_head`].
+//! - [`answer`]: raw bytes as Creatio's answer to the proxy's own HTTP/1.1 client; see
+//!   [`answer`].
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -304,7 +306,7 @@ fn check_jar(jar: &Jar) {
 
 /// An answer as the login and token parsers get it. The input is text: a status line (a
 /// number; anything else is 200), header lines (`name: value`), an empty line, the body.
-fn answer(data: &[u8]) -> (http::response::Parts, &[u8]) {
+fn split_answer(data: &[u8]) -> (http::response::Parts, &[u8]) {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(at) => (&data[..at], &data[at + 2..]),
         None => (data, &[][..]),
@@ -386,7 +388,7 @@ fn parsers() -> &'static Parsers {
 
 /// The forms login answer parser (and the expiry verdict on the same answer).
 pub fn login_answer(data: &[u8]) {
-    let (parts, body) = answer(data);
+    let (parts, body) = split_answer(data);
     let status = parts.status;
     let _ = crate::auth::expiry::classify(status, &parts.headers);
     let _ = crate::auth::expiry::login_page_markers(body);
@@ -411,7 +413,7 @@ pub fn login_answer(data: &[u8]) {
 
 /// The OAuth 2.0 token answer parser.
 pub fn token_answer(data: &[u8]) {
-    let (parts, body) = answer(data);
+    let (parts, body) = split_answer(data);
     let status = parts.status;
     let p = parsers();
     match token::judge(&p.oauth2, &p.creatio, parts, body) {
@@ -650,4 +652,144 @@ fn check_seen(seen: &crate::emulator::SeenRequest, input: &[u8]) {
             "{input:?}: a request reached Creatio's authentication endpoint {path:?}"
         );
     }
+}
+
+/// A server that answers the first request of each round with the fuzzer's bytes and every
+/// other request with [`NEXT`], and the pool to it, on one runtime.
+struct AnswerRig {
+    runtime: tokio::runtime::Runtime,
+    upstream: crate::pool::Upstream,
+    /// The current round's answer, and whether the server closes its side after it.
+    script: Script,
+}
+
+/// The answer rig's next answer, and whether the server closes its side after it.
+type Script = std::sync::Arc<Mutex<Option<(Vec<u8>, bool)>>>;
+
+/// The well-formed answer to every request after the first of a round.
+const NEXT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext";
+
+impl AnswerRig {
+    fn start() -> AnswerRig {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime: {e}"));
+        let script = Script::default();
+        let served = script.clone();
+        let upstream = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}"));
+            let addr = listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("address: {e}"));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve_script(stream, served.clone()));
+                }
+            });
+            let config = Config::from_toml_str(&format!(
+                "[creatio]\nurl = \"http://{addr}\"\n[auth]\nusername = \"u\"\npassword = \"p\"\n"
+            ))
+            .unwrap_or_else(|e| panic!("config: {e}"));
+            crate::upstream::build_upstream(&config).unwrap_or_else(|e| panic!("pool: {e}"))
+        });
+        AnswerRig {
+            runtime,
+            upstream,
+            script,
+        }
+    }
+}
+
+/// One connection of the answer rig: reads request heads (the proxy's GETs have no body) and
+/// answers each with the round's bytes if they are still unused, else with [`NEXT`].
+async fn serve_script(mut stream: tokio::net::TcpStream, script: Script) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let next = script.lock().ok().and_then(|mut s| s.take());
+            let (bytes, close) = next.unwrap_or_else(|| (NEXT.to_vec(), false));
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            if close {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Raw bytes as Creatio's answer to a GET through the proxy's own HTTP/1.1 client
+/// ([`crate::wire`]). The first byte's low bit says whether the server closes its side after
+/// the answer; the rest is the answer. Then:
+/// 1. nothing panics, and the answer's body (if it was accepted) is no longer than the input;
+/// 2. the next request gets exactly the next answer ([`NEXT`]): a connection whose answer
+///    left bytes behind, or ended ambiguously, is never used again (no desync between the
+///    proxy and Creatio).
+pub fn answer(data: &[u8]) {
+    use http_body_util::BodyExt;
+    static RIG: OnceLock<Mutex<AnswerRig>> = OnceLock::new();
+    let rig = RIG.get_or_init(|| Mutex::new(AnswerRig::start()));
+    let rig = rig
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some((flags, bytes)) = data.split_first() else {
+        return;
+    };
+    if let Ok(mut script) = rig.script.lock() {
+        *script = Some((bytes.to_vec(), flags & 1 == 1));
+    }
+    let get = |path: &'static str| {
+        http::Request::get(path)
+            .body(crate::body::ProxyBody::Empty)
+            .unwrap_or_else(|e| panic!("request: {e}"))
+    };
+    rig.runtime.block_on(async {
+        // An answer that never ends (a body still to come on an open connection) is given
+        // up after 100 ms, as the upstream timeout would.
+        let first = tokio::time::timeout(Duration::from_millis(100), async {
+            let response = rig.upstream.request(get("/first")).await.ok()?;
+            response
+                .into_body()
+                .collect()
+                .await
+                .ok()
+                .map(|b| b.to_bytes())
+        })
+        .await;
+        if let Ok(Some(body)) = first {
+            assert!(body.len() <= bytes.len(), "a body longer than the answer");
+        }
+        if let Ok(mut script) = rig.script.lock() {
+            *script = None;
+        }
+        let next = rig
+            .upstream
+            .request(get("/next"))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: the next request failed: {e}", text(bytes)));
+        let status = next.status();
+        let body = next
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: the next body failed: {e}", text(bytes)))
+            .to_bytes();
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"next"[..]),
+            "{:?}: the next request read another answer",
+            text(bytes)
+        );
+    });
 }

@@ -49,3 +49,4 @@ mod state;
 mod store;
 mod telemetry;
 mod upstream;
+mod wire;

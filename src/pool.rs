@@ -2,16 +2,20 @@
 //!
 //! All requests go to one origin (`creatio.url`), so the pool is a plain list of idle
 //! connections rather than hyper-util's general client (a map of origins, a boxed future and a
-//! channel hop per request, which cost several per cent of a small request's CPU).
+//! channel hop per request, which cost several per cent of a small request's CPU). Requests
+//! with no body or a buffered one are exchanged by the proxy's own HTTP/1.1 client
+//! ([`crate::wire`]); a request whose body streams from the client goes through hyper's.
 //!
 //! Rules:
 //! 1. A connection is idle once the answer it carried has been read to the end; the answer's
 //!    body ([`PeerBody`]) hands it back then. An answer abandoned half-way closes it.
-//! 2. A request goes out on the most recently idled connection that is still open; when there
-//!    is none, on a new one (TCP, then TLS when the URL is https).
-//! 3. A pooled connection may have been closed by Creatio in the meantime. When hyper gives the
-//!    request back unsent, it is sent again on another connection; once any byte of it may
-//!    have been written, it is never sent again (the caller sees the error).
+//! 2. A request goes out on the most recently idled connection that is still open (checked
+//!    with a non-blocking read as it is taken); when there is none, on a new one (TCP, then
+//!    TLS when the URL is https).
+//! 3. A pooled connection may have been closed by Creatio in the meantime. When not one byte
+//!    of the request was accepted (or hyper gives the request back unsent), it is sent again
+//!    on another connection; once any byte of it may have been written, it is never sent
+//!    again (the caller sees the error).
 //! 4. At most [`MAX_IDLE`] idle connections are kept; more are closed. A connection idle for
 //!    longer than [`IDLE_LIMIT`] is closed rather than used: servers and load balancers drop
 //!    idle connections (IIS after 120 s, cloud load balancers after a few minutes), and a
@@ -31,13 +35,15 @@ use tokio::time::Instant;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
-use crate::body::{GiveBack, PeerBody, ProxyBody, Release};
+use crate::body::{PeerBody, ProxyBody};
 use crate::egress::{Connector, EgressError, EgressRules, Route};
+use crate::wire::{self, Conn, GiveBack};
 
 /// Idle connections kept at most.
 pub(crate) const MAX_IDLE: usize = 1024;
@@ -70,9 +76,9 @@ pub(crate) enum UpstreamError {
     Exchange {
         /// The cause's chain in one line.
         detail: String,
-        /// hyper's error.
+        /// The client's error.
         #[source]
-        source: hyper::Error,
+        source: BoxError,
     },
 }
 
@@ -85,9 +91,9 @@ impl UpstreamError {
         }
     }
 
-    fn exchange(source: hyper::Error) -> Self {
+    fn exchange(source: BoxError) -> Self {
         UpstreamError::Exchange {
-            detail: describe(&source),
+            detail: describe(source.as_ref()),
             source,
         }
     }
@@ -190,24 +196,21 @@ struct Pool {
     /// credentials, if any).
     forward: Option<Option<HeaderValue>>,
     /// Idle connections with the time each became idle; newest at the back.
-    idle: Mutex<VecDeque<(SendRequest<ProxyBody>, Instant)>>,
+    idle: Mutex<VecDeque<(Box<Conn>, Instant)>>,
 }
 
 impl GiveBack for Pool {
-    fn give_back(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, conn: Box<Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             // Close the connections that have been idle too long (the oldest are at the front).
             while idle
                 .front()
-                .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= IDLE_LIMIT)
+                .is_some_and(|(_, since)| since.elapsed() >= IDLE_LIMIT)
             {
                 idle.pop_front();
             }
             if idle.len() < MAX_IDLE {
-                idle.push_back((sender, Instant::now()));
+                idle.push_back((conn, Instant::now()));
             }
         }
     }
@@ -277,29 +280,76 @@ impl Upstream {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::from(path_and_query);
         }
-        req.headers_mut()
-            .insert(header::HOST, self.pool.host.clone());
-        let reusable = matches!(req.body(), ProxyBody::Empty | ProxyBody::Full(_));
+        match req.body() {
+            ProxyBody::Empty | ProxyBody::Full(_) => self.send_buffered(req).await,
+            // A client's request without a body.
+            body if body.is_end_stream() => self.send_buffered(req).await,
+            ProxyBody::Stream(_) | ProxyBody::Prefixed(..) => self.send_streamed(req).await,
+        }
+    }
+
+    /// A request whose body is in memory, through the proxy's own HTTP/1.1 client
+    /// ([`crate::wire`]).
+    async fn send_buffered(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<PeerBody>, UpstreamError> {
+        let body = match req.body() {
+            ProxyBody::Full(Some(bytes)) => Some(bytes.clone()),
+            _ => None,
+        };
+        let (head, rest) = wire::encode(&req, &self.pool.host, body.as_ref());
+        let method = req.method();
+        let pool: Arc<dyn GiveBack> = self.pool.clone();
         for _ in 0..STALE_RETRIES {
-            let Some(mut sender) = self.checkout() else {
+            let Some(conn) = self.checkout() else {
                 break;
             };
-            if sender.ready().await.is_err() {
-                continue;
+            match wire::exchange(conn, &head, rest.as_ref(), method, &pool).await {
+                Ok(response) => return Ok(response.map(PeerBody::wire)),
+                // Not one byte accepted: safe to send on another connection.
+                Err(e) if e.unsent => continue,
+                Err(e) => return Err(UpstreamError::exchange(Box::new(e.error))),
             }
+        }
+        let conn = Conn::new(TokioIo::new(self.connect().await?));
+        match wire::exchange(conn, &head, rest.as_ref(), method, &pool).await {
+            Ok(response) => Ok(response.map(PeerBody::wire)),
+            Err(e) => Err(UpstreamError::exchange(Box::new(e.error))),
+        }
+    }
+
+    /// A request whose body streams from the client, through hyper's client, which writes
+    /// the body while it waits for an answer that may come first. The connection is not
+    /// pooled afterwards (rule 5).
+    async fn send_streamed(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<PeerBody>, UpstreamError> {
+        req.headers_mut()
+            .insert(header::HOST, self.pool.host.clone());
+        for _ in 0..STALE_RETRIES {
+            let Some(io) = self.checkout().and_then(Conn::into_io) else {
+                break;
+            };
+            let Ok(mut sender) = handshake(io).await else {
+                continue;
+            };
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.wrap(response, sender, reusable)),
+                Ok(response) => return Ok(response.map(PeerBody::new)),
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on another connection.
                     Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::exchange(e.into_error())),
+                    None => return Err(UpstreamError::exchange(Box::new(e.into_error()))),
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = handshake(self.connect().await?)
+            .await
+            .map_err(|e| UpstreamError::connect(ConnectKind::Other, Box::new(e)))?;
         match sender.try_send_request(req).await {
-            Ok(response) => Ok(self.wrap(response, sender, reusable)),
-            Err(e) => Err(UpstreamError::exchange(e.into_error())),
+            Ok(response) => Ok(response.map(PeerBody::new)),
+            Err(e) => Err(UpstreamError::exchange(Box::new(e.into_error()))),
         }
     }
 
@@ -317,58 +367,39 @@ impl Upstream {
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.pool.idle.lock().ok()?;
-        while let Some((sender, since)) = idle.pop_back() {
-            if !sender.is_closed() && since.elapsed() < IDLE_LIMIT {
-                return Some(sender);
+    /// The newest idle connection that is still open (rules 2 to 4).
+    fn checkout(&self) -> Option<Box<Conn>> {
+        loop {
+            let (mut conn, since) = self.pool.idle.lock().ok()?.pop_back()?;
+            if since.elapsed() < IDLE_LIMIT && conn.is_open() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    fn give_back(&self, sender: SendRequest<ProxyBody>) {
-        self.pool.give_back(sender);
-    }
-
-    fn wrap(
-        &self,
-        response: Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
-        reusable: bool,
-    ) -> Response<PeerBody> {
-        response.map(|body| {
-            if !reusable {
-                // Dropping the sender lets the connection close once this exchange is over.
-                PeerBody::new(body)
-            } else if body.is_end_stream() {
-                self.give_back(sender);
-                PeerBody::new(body)
-            } else {
-                PeerBody::releasing(body, Release::new(self.pool.clone(), sender))
-            }
-        })
-    }
-
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let io = self
-            .pool
+    /// A new connection: TCP, then TLS when the URL is https, possibly through the egress
+    /// proxy.
+    async fn connect(&self) -> Result<MaybeHttpsStream<TokioIo<TcpStream>>, UpstreamError> {
+        self.pool
             .connector
             .clone()
             .oneshot(self.pool.origin.clone())
             .await
-            .map_err(|e: BoxError| UpstreamError::connect(connect_kind(e.as_ref()), e))?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::connect(ConnectKind::Other, Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("Creatio connection ended: {e}");
-            }
-        });
-        Ok(sender)
+            .map_err(|e: BoxError| UpstreamError::connect(connect_kind(e.as_ref()), e))
     }
+}
+
+/// hyper's HTTP/1.1 client on `io`; its connection task ends with the exchange.
+async fn handshake(
+    io: MaybeHttpsStream<TokioIo<TcpStream>>,
+) -> Result<SendRequest<ProxyBody>, hyper::Error> {
+    let (sender, connection) = http1::Builder::new().handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("Creatio connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 impl Service<Request<ProxyBody>> for Upstream {
@@ -393,7 +424,8 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto;
 
     /// A server on 127.0.0.1:0 that counts connections; `keep_alive = false` closes each

@@ -44,6 +44,11 @@ fn the_request_head_seeds_keep_the_proxy_serving_and_the_sessions_on_their_route
     replay("request_head", fuzzing::request_head);
 }
 
+#[test]
+fn the_answer_seeds_never_desynchronise_the_proxys_client_from_creatio() {
+    replay("answer", fuzzing::answer);
+}
+
 /// Found by `login_answer` in its first 60 s run: a success whose body holds bytes that are not
 /// UTF-8 inside a string of a field the parser skips (`"Messag~e":"\xff\xff\xff\xe3"`). serde
 /// skips such a field without checking its bytes, so the login is accepted on its `Code` 0 and

@@ -22,6 +22,11 @@
 //!    request written into a connection that is being closed cannot be safely re-sent.
 //! 5. A connection that carried a streamed (unbuffered) request body is not pooled: Creatio may
 //!    answer before the upload ends, and the next request would wait behind it.
+//! 6. At most [`MAX_CONNECTING`] new connections are being made at once. A request that finds
+//!    no idle connection and no turn to connect takes the first connection handed back, or
+//!    the first turn, whichever comes first. Without this, a burst (1,000 requests released
+//!    by one login) opens a connection per request at the same instant: Creatio's accept
+//!    queue overflows, and the dropped connection attempts wait a second for TCP's retry.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +44,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
 use tower::{Service, ServiceExt};
 
 use crate::body::{PeerBody, ProxyBody};
@@ -53,6 +59,9 @@ pub(crate) const IDLE_LIMIT: Duration = Duration::from_secs(55);
 
 /// How often a request whose pooled connection turned out closed is tried on another one.
 const STALE_RETRIES: usize = 8;
+
+/// New connections being made to Creatio at once, at most (rule 6).
+pub(crate) const MAX_CONNECTING: usize = 128;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -197,6 +206,10 @@ struct Pool {
     forward: Option<Option<HeaderValue>>,
     /// Idle connections with the time each became idle; newest at the back.
     idle: Mutex<VecDeque<(Box<Conn>, Instant)>>,
+    /// Turns to make a new connection (rule 6).
+    connecting: Semaphore,
+    /// Told when a connection is handed back, for requests waiting for a turn to connect.
+    returned: Notify,
 }
 
 impl GiveBack for Pool {
@@ -213,6 +226,7 @@ impl GiveBack for Pool {
                 idle.push_back((conn, Instant::now()));
             }
         }
+        self.returned.notify_one();
     }
 }
 
@@ -245,6 +259,8 @@ impl Upstream {
                 host,
                 forward,
                 idle: Mutex::new(VecDeque::new()),
+                connecting: Semaphore::new(MAX_CONNECTING),
+                returned: Notify::new(),
             }),
         }
     }
@@ -301,21 +317,15 @@ impl Upstream {
         let (head, rest) = wire::encode(&req, &self.pool.host, body.as_ref());
         let method = req.method();
         let pool: Arc<dyn GiveBack> = self.pool.clone();
-        for _ in 0..STALE_RETRIES {
-            let Some(conn) = self.checkout() else {
-                break;
-            };
+        let mut stale = 0;
+        loop {
+            let (conn, fresh) = self.obtain().await?;
             match wire::exchange(conn, &head, rest.as_ref(), method, &pool).await {
                 Ok(response) => return Ok(response.map(PeerBody::wire)),
-                // Not one byte accepted: safe to send on another connection.
-                Err(e) if e.unsent => continue,
+                // Not one byte accepted by a pooled connection: safe to send on another.
+                Err(e) if e.unsent && !fresh && stale < STALE_RETRIES => stale += 1,
                 Err(e) => return Err(UpstreamError::exchange(Box::new(e.error))),
             }
-        }
-        let conn = Conn::new(TokioIo::new(self.connect().await?));
-        match wire::exchange(conn, &head, rest.as_ref(), method, &pool).await {
-            Ok(response) => Ok(response.map(PeerBody::wire)),
-            Err(e) => Err(UpstreamError::exchange(Box::new(e.error))),
         }
     }
 
@@ -328,28 +338,56 @@ impl Upstream {
     ) -> Result<Response<PeerBody>, UpstreamError> {
         req.headers_mut()
             .insert(header::HOST, self.pool.host.clone());
-        for _ in 0..STALE_RETRIES {
-            let Some(io) = self.checkout().and_then(Conn::into_io) else {
-                break;
-            };
-            let Ok(mut sender) = handshake(io).await else {
+        let mut stale = 0;
+        loop {
+            let (conn, fresh) = self.obtain().await?;
+            let Some(io) = conn.into_io() else {
                 continue;
+            };
+            let mut sender = match handshake(io).await {
+                Ok(sender) => sender,
+                Err(_) if !fresh => continue,
+                Err(e) => return Err(UpstreamError::connect(ConnectKind::Other, Box::new(e))),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(response.map(PeerBody::new)),
                 Err(mut e) => match e.take_message() {
-                    // Never written: safe to send on another connection.
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::exchange(Box::new(e.into_error()))),
+                    // Never written on a pooled connection: safe to send on another.
+                    Some(unsent) if !fresh && stale < STALE_RETRIES => {
+                        stale += 1;
+                        req = unsent;
+                    }
+                    _ => return Err(UpstreamError::exchange(Box::new(e.into_error()))),
                 },
             }
         }
-        let mut sender = handshake(self.connect().await?)
-            .await
-            .map_err(|e| UpstreamError::connect(ConnectKind::Other, Box::new(e)))?;
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response.map(PeerBody::new)),
-            Err(e) => Err(UpstreamError::exchange(Box::new(e.into_error()))),
+    }
+
+    /// A connection for one request, and whether it is new (rules 2 and 6): the newest idle
+    /// one that is still open; else a new one, when fewer than [`MAX_CONNECTING`] are being
+    /// made; else whichever comes first, a connection handed back or a turn to connect.
+    async fn obtain(&self) -> Result<(Box<Conn>, bool), UpstreamError> {
+        if let Some(conn) = self.checkout() {
+            return Ok((conn, false));
+        }
+        loop {
+            let returned = self.pool.returned.notified();
+            tokio::pin!(returned);
+            // Registered before looking, so a connection handed back meanwhile is not missed.
+            returned.as_mut().enable();
+            if let Some(conn) = self.checkout() {
+                return Ok((conn, false));
+            }
+            tokio::select! {
+                biased;
+                permit = self.pool.connecting.acquire() => {
+                    // The semaphore is never closed; held while this connection is made.
+                    let _permit = permit;
+                    let io = self.connect().await?;
+                    return Ok((Conn::new(TokioIo::new(io)), true));
+                }
+                () = &mut returned => {}
+            }
         }
     }
 
@@ -569,6 +607,35 @@ mod tests {
             2,
             "a buffered request's connection is"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_turn_to_connect_a_request_takes_the_next_connection_handed_back() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        // Every turn to connect taken, and the one idle connection held outside the pool.
+        let turns = up
+            .pool
+            .connecting
+            .acquire_many(MAX_CONNECTING as u32)
+            .await
+            .expect("turns");
+        let held = up.checkout().expect("the idle connection");
+        let mut waiting = Box::pin(get(&up, "/x"));
+        let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "no idle connection and no turn: it waits"
+        );
+        up.pool.give_back(held);
+        assert_eq!(waiting.await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "it took the connection handed back, not a new one"
+        );
+        drop(turns);
     }
 
     fn http1_server() -> hyper::server::conn::http1::Builder {

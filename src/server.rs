@@ -67,27 +67,20 @@ impl Server {
         for identity in shared.identities.iter() {
             identity.keep_fresh(&shared.login);
         }
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    key: "server.listen",
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = crate::accept::listen(config.listen).map_err(|source| StartError::Bind {
+            key: "server.listen",
+            addr: config.listen,
+            source,
+        })?;
         let admin = match config.admin_listen {
             None => None,
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            key: "admin.listen",
-                            addr,
-                            source,
-                        })?,
-                )
-            }
+            Some(addr) => Some(
+                crate::accept::listen(addr).map_err(|source| StartError::Bind {
+                    key: "admin.listen",
+                    addr,
+                    source,
+                })?,
+            ),
         };
         Ok(Server {
             listener,

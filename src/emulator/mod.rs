@@ -95,7 +95,17 @@ impl Emulator {
     /// cannot appear in a URL path fails with [`std::io::ErrorKind::InvalidInput`].
     pub async fn start(options: EmulatorOptions, listen: SocketAddr) -> std::io::Result<Emulator> {
         let base_path = normalise_base_path(&options.base_path)?;
-        let app = tokio::net::TcpListener::bind(listen).await?;
+        // A backlog of 1024 rather than the usual 128, so that a burst of new connections
+        // (a cold proxy's first 1,000 requests) is not dropped and retried a second later.
+        let app = {
+            let socket = match listen {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(listen)?;
+            socket.listen(1024)?
+        };
         let identity = tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)).await?;
         let addrs = (app.local_addr()?, identity.local_addr()?);
         let shared = Arc::new(Shared::new(options, base_path, addrs));
@@ -234,6 +244,12 @@ impl Emulator {
     /// login whose client gives up meanwhile is never carried out.
     pub fn hold_logins(&self) {
         self.shared.faults.hold_logins(true);
+    }
+
+    /// Every login POST from now on waits `latency` before it is handled, as real Creatio's
+    /// login takes hundreds of milliseconds. Zero (the default) answers at once.
+    pub fn set_login_latency(&self, latency: Duration) {
+        self.shared.faults.set_login_latency(latency);
     }
 
     /// Answers every held login POST and stops holding.

@@ -60,8 +60,9 @@ const MAX_HEADERS: usize = 128;
 /// Buffered bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
 
-/// Spare room the read buffer keeps for the next read of a head.
-const HEAD_READ: usize = 8 * 1024;
+/// Spare room the read buffer keeps for the next read of a head: a Creatio answer head with
+/// its session cookies is 1 to 2 KiB.
+const HEAD_READ: usize = 4 * 1024;
 
 /// Largest read of a body.
 const BODY_READ: usize = 64 * 1024;

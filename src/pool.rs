@@ -370,6 +370,9 @@ impl Upstream {
         if let Some(conn) = self.checkout() {
             return Ok((conn, false));
         }
+        // One place in the queue for a turn, kept while connections handed back are missed.
+        let turn = self.pool.connecting.acquire();
+        tokio::pin!(turn);
         loop {
             let returned = self.pool.returned.notified();
             tokio::pin!(returned);
@@ -380,7 +383,7 @@ impl Upstream {
             }
             tokio::select! {
                 biased;
-                permit = self.pool.connecting.acquire() => {
+                permit = &mut turn => {
                     // The semaphore is never closed; held while this connection is made.
                     let _permit = permit;
                     let io = self.connect().await?;

@@ -25,12 +25,14 @@ pub(super) enum Step {
     Done,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum At {
     /// In the hex digits of a chunk size.
     #[default]
     Size,
-    /// In the extensions after the size, up to CR.
+    /// In whitespace after the size (BWS), before `;` or CR.
+    SizeSpace,
+    /// In the extensions after `;`, up to CR.
     Extension,
     /// After the size line's CR.
     SizeLf,
@@ -42,7 +44,9 @@ enum At {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
-    /// Inside a trailer line, up to CR.
+    /// Inside a trailer field's name, up to its colon.
+    TrailerName,
+    /// Inside a trailer field's value, up to CR.
     TrailerLine,
     /// After a trailer line's CR.
     TrailerLf,
@@ -103,15 +107,24 @@ impl Chunked {
                         self.size = (self.size << 4) | u64::from(digit);
                         At::Size
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => At::Extension,
+                    b';' if self.digits > 0 => At::Extension,
+                    b' ' | b'\t' if self.digits > 0 => At::SizeSpace,
                     b'\r' if self.digits > 0 => At::SizeLf,
+                    _ => return Err("invalid chunk size"),
+                },
+                At::SizeSpace => match byte {
+                    _ if self.line > MAX_LINE => return Err("chunk size line too long"),
+                    b' ' | b'\t' => At::SizeSpace,
+                    b';' => At::Extension,
+                    b'\r' => At::SizeLf,
                     _ => return Err("invalid chunk size"),
                 },
                 At::Extension => match byte {
                     b'\r' => At::SizeLf,
                     b'\n' => return Err("bare LF in a chunk size line"),
                     _ if self.line > MAX_LINE => return Err("chunk size line too long"),
-                    _ => At::Extension,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => At::Extension,
+                    _ => return Err("control character in a chunk extension"),
                 },
                 At::SizeLf => {
                     if byte != b'\n' {
@@ -136,15 +149,23 @@ impl Chunked {
                     }
                     _ => return Err("chunk data without CRLF"),
                 },
+                _ if self.line > MAX_TRAILERS && self.at >= At::TrailerStart => {
+                    return Err("trailer section too large")
+                }
                 At::TrailerStart => match byte {
                     b'\r' => At::EndLf,
                     b'\n' => return Err("bare LF in the trailer section"),
-                    _ => At::TrailerLine,
+                    b':' => return Err("trailer field without a name"),
+                    _ => At::TrailerName,
+                },
+                At::TrailerName => match byte {
+                    b':' => At::TrailerLine,
+                    b'\r' | b'\n' => return Err("trailer line without a colon"),
+                    _ => At::TrailerName,
                 },
                 At::TrailerLine => match byte {
                     b'\r' => At::TrailerLf,
                     b'\n' => return Err("bare LF in the trailer section"),
-                    _ if self.line > MAX_TRAILERS => return Err("trailer section too large"),
                     _ => At::TrailerLine,
                 },
                 At::TrailerLf => match byte {
@@ -218,7 +239,14 @@ mod tests {
 
     #[test]
     fn what_two_parsers_could_read_differently_is_refused() {
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 13] = [
+            (b"5 garbage\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+            (
+                b"5;a=\x01\r\nhello\r\n0\r\n\r\n",
+                "control character in a chunk extension",
+            ),
+            (b"0\r\nno colon\r\n\r\n", "trailer line without a colon"),
+            (b"0\r\n: no name\r\n\r\n", "trailer field without a name"),
             (b"\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
             (b"5\nhello\r\n0\r\n\r\n", "invalid chunk size"),
             (
@@ -262,6 +290,15 @@ mod tests {
         trailers.extend(std::iter::repeat_n(b'x', MAX_TRAILERS));
         assert_eq!(
             decode(&trailers, 512).map(|_| ()),
+            Err("trailer section too large")
+        );
+        // Many short trailer lines count together.
+        let mut lines = b"0\r\n".to_vec();
+        for _ in 0..MAX_TRAILERS / 4 + 2 {
+            lines.extend_from_slice(b"a:\r\n");
+        }
+        assert_eq!(
+            decode(&lines, 512).map(|_| ()),
             Err("trailer section too large")
         );
     }

@@ -27,8 +27,14 @@
 //! 7. The connection is reused only after an HTTP/1.1 answer without `Connection: close`
 //!    whose body was read to its end with nothing after it.
 //!
-//! A request is sent again on another connection only when not one byte of it was accepted
-//! by the connection it was first written to ([`ExchangeError::unsent`]).
+//! A request is sent again on another connection only when the connection it was first
+//! written to accepted not one byte of it ([`ExchangeError::unsent`]). Over TLS, a write that
+//! fails may have put some records on the wire, but never the whole request, so Creatio
+//! cannot have run it.
+//!
+//! A body larger than [`COALESCE`] is written while the connection is watched for an answer:
+//! when Creatio answers (say, 401 or 413) and stops reading before the body is all sent, the
+//! writing stops, the answer is read, and the connection is not reused.
 
 mod chunked;
 
@@ -43,7 +49,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use chunked::{Chunked, Step};
@@ -302,13 +308,17 @@ pub(crate) async fn exchange(
     method: &Method,
     pool: &Arc<dyn GiveBack>,
 ) -> Result<Response<WireBody>, ExchangeError> {
-    let accepted = write(&mut conn.io, head, body).await;
-    if let Err((written, error)) = accepted {
-        return Err(ExchangeError {
-            unsent: written == 0,
-            error,
-        });
-    }
+    // Whether the whole request went out: Creatio may answer (a 401, a 413) before a large
+    // body is written, and stop reading it.
+    let complete = match write(&mut conn, head, body).await {
+        Ok(complete) => complete,
+        Err((written, error)) => {
+            return Err(ExchangeError {
+                unsent: written == 0,
+                error,
+            })
+        }
+    };
     let fail = |error| ExchangeError {
         unsent: false,
         error,
@@ -340,7 +350,7 @@ pub(crate) async fn exchange(
     };
     let (framing, reuse) =
         framing(method, parts.status, parts.version, &mut parts.headers).map_err(fail)?;
-    let body = WireBody::new(conn, framing, reuse, pool.clone());
+    let body = WireBody::new(conn, framing, reuse && complete, pool.clone());
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.version_mut() = parts.version;
@@ -348,23 +358,88 @@ pub(crate) async fn exchange(
     Ok(response)
 }
 
-/// Writes the head and body; on failure, how many bytes the connection accepted.
-async fn write(io: &mut Io, head: &[u8], body: Option<&Bytes>) -> Result<(), (usize, WireError)> {
+/// Writes the head, then the body while watching for an early answer: `Ok(false)` when
+/// Creatio answered (or closed) before the body was all written, which stops the writing;
+/// the answer is then in the connection's buffer. On failure, how many bytes the connection
+/// accepted.
+async fn write(
+    conn: &mut Conn,
+    head: &[u8],
+    body: Option<&Bytes>,
+) -> Result<bool, (usize, WireError)> {
     let mut written = 0;
-    for part in [head, body.map_or(&[][..], |b| &b[..])] {
-        let mut rest = part;
-        while !rest.is_empty() {
-            match io.write(rest).await {
-                Ok(0) => return Err((written, WireError::Closed)),
-                Ok(n) => {
-                    written += n;
-                    rest = &rest[n..];
-                }
-                Err(e) => return Err((written, WireError::Io(e))),
+    let mut rest = head;
+    while !rest.is_empty() {
+        match conn.io.write(rest).await {
+            Ok(0) => return Err((written, WireError::Closed)),
+            Ok(n) => {
+                written += n;
+                rest = &rest[n..];
             }
+            Err(e) => return Err((written, WireError::Io(e))),
         }
     }
-    io.flush().await.map_err(|e| (written, WireError::Io(e)))
+    let mut rest = body.map_or(&[][..], |b| &b[..]);
+    let complete = std::future::poll_fn(|cx| loop {
+        if rest.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        match Pin::new(&mut conn.io).poll_write(cx, rest) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(WireError::Closed)),
+            Poll::Ready(Ok(n)) => {
+                written += n;
+                rest = &rest[n..];
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(WireError::Io(e))),
+            // Creatio is not reading: has it answered?
+            Poll::Pending => {
+                if conn.buf.capacity() - conn.buf.len() < HEAD_READ / 2 {
+                    conn.buf.reserve(HEAD_READ);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        // An interim answer (100 Continue) does not stop the upload.
+                        while skip_interim(&mut conn.buf) {}
+                        if !conn.buf.is_empty() {
+                            return Poll::Ready(Ok(false));
+                        }
+                    }
+                    // The end of the connection, or an error: read what came.
+                    Poll::Ready(_) => return Poll::Ready(Ok(false)),
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| (written, e))?;
+    if complete {
+        conn.io
+            .flush()
+            .await
+            .map_err(|e| (written, WireError::Io(e)))?;
+    }
+    Ok(complete)
+}
+
+/// Takes a complete interim answer head (1xx other than 101) off the front of `buf`; false
+/// when there is none.
+fn skip_interim(buf: &mut BytesMut) -> bool {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return false,
+    };
+    let interim = parsed
+        .code
+        .is_some_and(|c| (100..200).contains(&c) && c != 101);
+    if interim {
+        let _ = buf.split_to(len);
+    }
+    interim
 }
 
 /// An answer head taken off the buffer.
@@ -475,8 +550,12 @@ impl WireBody {
     /// The body has ended: the connection goes back to the pool if it can carry more.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             if self.reuse && conn.buf.is_empty() {
+                // A large body grew the buffer; an idle connection keeps none of that.
+                if conn.buf.capacity() > 2 * HEAD_READ {
+                    conn.buf = BytesMut::new();
+                }
                 self.pool.give_back(conn);
             }
         }

@@ -518,6 +518,55 @@ async fn a_connection_creatio_closed_while_idle_is_not_used() {
     assert_eq!(requests, 2, "each request was written once");
 }
 
+/// Creatio answers (413) after the head of a large buffered upload and stops reading: the
+/// caller gets that answer rather than a broken pipe, and the connection, whose request was
+/// cut short, is not reused.
+#[tokio::test]
+async fn an_answer_that_comes_before_the_whole_body_is_read_and_returned() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let origin = format!("http://{}", listener.local_addr().expect("addr"));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let answer: &[u8] = if head.starts_with(b"PUT") {
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!"
+            } else {
+                NEXT
+            };
+            let _ = stream.write_all(answer).await;
+            // Never reads the rest; keeps the connection open.
+            held.push(stream);
+        }
+    });
+    let up = upstream(&origin);
+    let big = Bytes::from(vec![b'x'; 64 << 20]);
+    let req = Request::put("/0/odata/Contact(1)/Data")
+        .body(ProxyBody::full(big))
+        .expect("request");
+    let resp = up.request(req).await.expect("Creatio's early answer");
+    assert_eq!(resp.status(), 413);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"too big!");
+    let (status, _, body) = send(&up, Method::GET, "/next").await.expect("next");
+    assert_eq!((status, &body[..]), (200, &b"next"[..]));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the cut-short connection was not reused"
+    );
+}
+
 #[tokio::test]
 async fn an_answer_head_larger_than_the_limit_is_refused() {
     let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();

@@ -27,6 +27,9 @@
 //!    the first turn, whichever comes first. Without this, a burst (1,000 requests released
 //!    by one login) opens a connection per request at the same instant: Creatio's accept
 //!    queue overflows, and the dropped connection attempts wait a second for TCP's retry.
+//! 7. While a login is in flight, each request waiting for it after the first has a
+//!    connection made ahead ([`Upstream::connect_ahead`]), as long as the idle ones are fewer
+//!    than the waiters: they all want one the moment the login is done.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -394,6 +397,28 @@ impl Upstream {
         }
     }
 
+    /// Makes one connection in the background and leaves it idle, unless `waiters` are
+    /// already covered by idle connections: for requests waiting for a login in flight, which
+    /// will all want a connection at the same moment once it is done (rule 7). Takes a turn
+    /// to connect like any request.
+    pub(crate) fn connect_ahead(&self, waiters: usize) {
+        let idle = self.pool.idle.lock().map_or(usize::MAX, |idle| idle.len());
+        if idle >= waiters {
+            return;
+        }
+        let up = self.clone();
+        tokio::spawn(async move {
+            let Ok(_turn) = up.pool.connecting.acquire().await else {
+                return;
+            };
+            match up.connect().await {
+                Ok(io) => up.pool.give_back(Conn::new(TokioIo::new(io))),
+                // The requests connect (and report the failure) themselves.
+                Err(e) => tracing::debug!("a connection made ahead of a login failed: {e}"),
+            }
+        });
+    }
+
     /// `http://creatio/path?query`, as an HTTP proxy expects a plain-HTTP request.
     fn absolute_form(&self, req: &mut Request<ProxyBody>) {
         let path_and_query = req
@@ -639,6 +664,27 @@ mod tests {
             "it took the connection handed back, not a new one"
         );
         drop(turns);
+    }
+
+    #[tokio::test]
+    async fn connections_made_ahead_of_a_login_wait_idle_for_the_requests() {
+        let (origin, connections) = server(true).await;
+        let up = upstream(origin);
+        // No idle connection and one other waiter: one is made, and handed to the pool.
+        let handed_back = up.pool.returned.notified();
+        tokio::pin!(handed_back);
+        handed_back.as_mut().enable();
+        up.connect_ahead(1);
+        handed_back.await;
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        // As many idle as waiters: nothing more is made.
+        up.connect_ahead(1);
+        assert_eq!(get(&up, "/x").await, (200, 2));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "the request used the connection made ahead"
+        );
     }
 
     fn http1_server() -> hyper::server::conn::http1::Builder {

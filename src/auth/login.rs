@@ -355,6 +355,15 @@ async fn read_limited(mut body: crate::body::PeerBody) -> Result<Vec<u8>, crate:
     Ok(crate::body::concat(chunks, total).to_vec())
 }
 
+/// Counts a request out of [`super::Identity::renew`]'s waiters however its wait ends.
+pub(super) struct Waiting<'a>(pub(super) &'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

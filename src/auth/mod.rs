@@ -39,7 +39,9 @@ mod shared;
 pub(crate) use login::LoginContext;
 pub(crate) mod token;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub(crate) use token::token_schedule;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,20 +107,6 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// When a token of `lifetime`, asked for at `started`, is renewed and when it stops being
-/// sent. Renewal starts a fifth of the lifetime before expiry, at most 60 s before; the token
-/// is not sent in its last tenth (at most 5 s), so that it never arrives expired.
-pub(crate) fn token_schedule(started: Instant, lifetime: Duration) -> (Instant, Instant) {
-    // An absurd `expires_in` must not overflow the clock; a token is renewed at least monthly.
-    let lifetime = lifetime.clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
-    let lead = (lifetime / 5).min(Duration::from_secs(60));
-    let margin = (lifetime / 10).min(Duration::from_secs(5));
-    (started + (lifetime - lead), started + (lifetime - margin))
-}
-
-/// Longest token lifetime believed.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// The jar and the generation it belongs to; locked only briefly, never across an await.
 struct JarState {
     generation: u64,
@@ -164,6 +152,8 @@ pub(crate) struct Identity {
     stop: Mutex<Option<Stop>>,
     /// A background token renewal is under way.
     refreshing: AtomicBool,
+    /// Requests waiting for a login or renewal of this identity.
+    waiting: AtomicUsize,
     /// Woken whenever a session is published (or its renewal time moves).
     published: Arc<tokio::sync::Notify>,
     /// A keeper task runs (see [`Identity::keep_fresh`]).
@@ -219,6 +209,7 @@ impl Identity {
             relogin: relogin::ReloginGuard::default(),
             stop: Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             published: Arc::new(tokio::sync::Notify::new()),
             kept: AtomicBool::new(false),
             metrics,
@@ -308,6 +299,14 @@ impl Identity {
         ctx: &LoginContext,
         stale: Option<u64>,
     ) -> Result<Arc<Session>, ProxyError> {
+        // Requests that wait for one login all need a connection to Creatio afterwards: each
+        // one after the first has one made now, while the login is in flight, when the pool
+        // has fewer idle than there are waiters (the first gets the login's own connection).
+        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = login::Waiting(&self.waiting);
+        if ahead > 0 {
+            ctx.client.connect_ahead(ahead);
+        }
         let me = self.clone();
         let ctx = ctx.clone();
         match tokio::spawn(async move { me.renew_now(&ctx, stale).await }).await {

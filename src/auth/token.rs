@@ -268,6 +268,23 @@ pub(crate) fn judge(
     })
 }
 
+/// When a token of `lifetime`, asked for at `started`, is renewed and when it stops being
+/// sent. Renewal starts a fifth of the lifetime before expiry, at most 60 s before; the token
+/// is not sent in its last tenth (at most 5 s), so that it never arrives expired.
+pub(crate) fn token_schedule(
+    started: tokio::time::Instant,
+    lifetime: Duration,
+) -> (tokio::time::Instant, tokio::time::Instant) {
+    // An absurd `expires_in` must not overflow the clock; a token is renewed at least monthly.
+    let lifetime = lifetime.clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME);
+    let lead = (lifetime / 5).min(Duration::from_secs(60));
+    let margin = (lifetime / 10).min(Duration::from_secs(5));
+    (started + (lifetime - lead), started + (lifetime - margin))
+}
+
+/// Longest token lifetime believed.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;

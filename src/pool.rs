@@ -401,10 +401,11 @@ impl Upstream {
     /// already covered by idle connections: for requests waiting for a login in flight, which
     /// will all want a connection at the same moment once it is done (rule 7). Takes a turn
     /// to connect like any request.
-    pub(crate) fn connect_ahead(&self, waiters: usize) {
+    /// True when it started one.
+    pub(crate) fn connect_ahead(&self, waiters: usize) -> bool {
         let idle = self.pool.idle.lock().map_or(usize::MAX, |idle| idle.len());
         if idle >= waiters {
-            return;
+            return false;
         }
         let up = self.clone();
         tokio::spawn(async move {
@@ -417,6 +418,7 @@ impl Upstream {
                 Err(e) => tracing::debug!("a connection made ahead of a login failed: {e}"),
             }
         });
+        true
     }
 
     /// `http://creatio/path?query`, as an HTTP proxy expects a plain-HTTP request.
@@ -485,6 +487,8 @@ impl Service<Request<ProxyBody>> for Upstream {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -674,11 +678,11 @@ mod tests {
         let handed_back = up.pool.returned.notified();
         tokio::pin!(handed_back);
         handed_back.as_mut().enable();
-        up.connect_ahead(1);
+        assert!(up.connect_ahead(1), "one is started");
         handed_back.await;
         assert_eq!(connections.load(Ordering::SeqCst), 1);
         // As many idle as waiters: nothing more is made.
-        up.connect_ahead(1);
+        assert!(!up.connect_ahead(1), "none is started");
         assert_eq!(get(&up, "/x").await, (200, 2));
         assert_eq!(
             connections.load(Ordering::SeqCst),

@@ -305,7 +305,7 @@ impl Identity {
         let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = login::Waiting(&self.waiting);
         if ahead > 0 {
-            ctx.client.connect_ahead(ahead);
+            let _ = ctx.client.connect_ahead(ahead);
         }
         let me = self.clone();
         let ctx = ctx.clone();

@@ -184,6 +184,8 @@ impl Chunked {
 
 #[cfg(test)]
 mod tests {
+    // Test code only (clippy.toml allows it in tests): each expect() is set-up or an assertion
+    // whose failure is this test failing; none of it is on a request path.
     use super::*;
 
     /// Decodes `input` fed in pieces of `piece` bytes; the body, or the first error.

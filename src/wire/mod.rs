@@ -425,13 +425,9 @@ async fn write(
 /// Takes a complete interim answer head (1xx other than 101) off the front of `buf`; false
 /// when there is none.
 fn skip_interim(buf: &mut BytesMut) -> bool {
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
-        _ => return false,
+    let mut slots = [NO_HEADER; MAX_HEADERS];
+    let Ok(Some((len, parsed))) = parse(buf, &mut slots) else {
+        return false;
     };
     let interim = parsed
         .code
@@ -440,6 +436,26 @@ fn skip_interim(buf: &mut BytesMut) -> bool {
         let _ = buf.split_to(len);
     }
     interim
+}
+
+/// An unused header slot: the slots are left uninitialised, since zeroing 128 of them cost
+/// more than parsing a small head.
+const NO_HEADER: std::mem::MaybeUninit<httparse::Header<'static>> = std::mem::MaybeUninit::uninit();
+
+/// Parses the answer head at the front of `buf` into `slots`: its length and the parse, or
+/// `None` while it is incomplete.
+fn parse<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, httparse::Response<'h, 'b>)>, httparse::Error> {
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    Ok(
+        match config.parse_response_with_uninit_headers(&mut parsed, buf, slots)? {
+            httparse::Status::Complete(len) => Some((len, parsed)),
+            httparse::Status::Partial => None,
+        },
+    )
 }
 
 /// An answer head taken off the buffer.
@@ -452,14 +468,9 @@ struct Head {
 /// Parses an answer head at the start of `buf`; `None` until it is complete. The header
 /// values share the buffer's memory.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
-    // Uninitialised slots: zeroing 128 of them cost more than parsing a small head.
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial => return Ok(None),
+    let mut slots = [NO_HEADER; MAX_HEADERS];
+    let Some((len, parsed)) = parse(buf, &mut slots)? else {
+        return Ok(None);
     };
     let status = parsed
         .code
